@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="ring-nce",
+    version="0.1.0",
+    description="Contrastive pretraining with Ring (conditional) negatives and Detectron2 transfer",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*", "launcher", "launcher.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "numpy>=2",
+        "pyyaml",
+        "pycocotools",
+        "submitit>=1.5",
+        "tensorboard",
+        "tqdm",
+    ],
+)

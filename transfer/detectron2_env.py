@@ -1,0 +1,33 @@
+"""Import Detectron2, backing ``detectron2._C`` with ring-nce's fallback only when it is missing.
+
+Every module of this project that touches Detectron2 imports it through ``ensure_detectron2()``
+(``import transfer`` does it), so the fallback is registered before any Detectron2 submodule that
+needs ``_C`` is imported.
+"""
+
+import importlib
+import sys
+
+INSTALL_HINT = "run `make test` (or `bash tools/setup_env.sh`) to create .venv with Detectron2"
+
+
+def ensure_detectron2():
+    """Return ``"compiled"`` or ``"fallback"``: which ``detectron2._C`` is in use."""
+    try:
+        import detectron2  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(f"Detectron2 is not installed: {INSTALL_HINT}") from error
+    current = sys.modules.get("detectron2._C")
+    if current is not None:
+        return "fallback" if getattr(current, "IS_FALLBACK", False) else "compiled"
+    try:
+        importlib.import_module("detectron2._C")
+        return "compiled"
+    except ModuleNotFoundError as error:
+        if error.name != "detectron2._C":
+            raise
+    from transfer import _C_fallback
+
+    sys.modules["detectron2._C"] = _C_fallback
+    sys.modules["detectron2"]._C = _C_fallback
+    return "fallback"
