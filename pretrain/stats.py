@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
 
+from pretrain.errors import PretrainError
 
-class StatsError(ValueError):
+
+class StatsError(PretrainError):
     """Results that cannot be summarised (no values, unpaired seeds)."""
 
 
