@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Convert a ResNet checkpoint to Detectron2 weights, verified numerically.
+
+    python tools/convert_to_d2.py CKPT OUT.pkl [--encoder query|key] [--no-verify]
+        [--format auto|ring-nce|moco|backbone|torchvision] [--pixel-mean R G B --pixel-std R G B]
+
+Writes OUT.pkl and OUT.json (report + the Detectron2 config keys a transfer run must set) only
+when conversion and verification succeed. See transfer/weights.py.
+"""
+
+import argparse
+import sys
+
+from pretrain.errors import PretrainError
+from transfer.weights import FORMATS, convert
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="ring-nce, MoCo-style, backbone. or torchvision file")
+    parser.add_argument("output", help="Detectron2 weights to write (.pkl); .json goes beside it")
+    parser.add_argument(
+        "--encoder", help="which encoder: query|key (MoCo), or a ring-nce encoder name"
+    )
+    parser.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare Detectron2's res2..res5 with the source network (default: on)",
+    )
+    parser.add_argument("--format", default="auto", choices=FORMATS, dest="fmt")
+    parser.add_argument(
+        "--pixel-mean", type=float, nargs=3, metavar=("R", "G", "B"), help="[0, 1] units"
+    )
+    parser.add_argument(
+        "--pixel-std", type=float, nargs=3, metavar=("R", "G", "B"), help="[0, 1] units"
+    )
+    return parser.parse_args(argv)
+
+
+def describe_dropped(dropped: list, limit: int = 4) -> str:
+    if not dropped:
+        return "nothing"
+    more = f", ... ({len(dropped)} in all)" if len(dropped) > limit else ""
+    return ", ".join(dropped[:limit]) + more
+
+
+def as_opt(value) -> str:
+    """A value as Detectron2's command-line opts parse it (Python literals, bare strings)."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"detected: {report['detected']}",
+        f"network: {report['arch']} width {report['width']:g}, {report['tensors']} tensors written",
+        f"dropped: {describe_dropped(report['dropped'])}",
+        f"pixel statistics: {report['pixel_stats']}",
+    ]
+    verification = report.get("verification")
+    if verification is None:
+        lines.append("verification: SKIPPED (--no-verify): these weights are unchecked")
+    else:
+        per_stage = ", ".join(
+            f"{stage} {diff:.2e}" for stage, diff in verification["max_abs_diff_per_stage"].items()
+        )
+        lines.append(
+            f"verification: max |diff| {verification['max_abs_diff']:.2e} <= "
+            f"{verification['tolerance']:g} ({per_stage}); all backbone keys loaded"
+        )
+    lines.append("a transfer config must set:")
+    lines += [f"  {key} {as_opt(value)}" for key, value in report["d2_config"].items()]
+    lines.append(f"wrote {report['output']} and its .json ({report['seconds']:.2f} s)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = convert(
+            args.checkpoint,
+            args.output,
+            encoder=args.encoder,
+            verify=args.verify,
+            fmt=args.fmt,
+            pixel_mean=args.pixel_mean,
+            pixel_std=args.pixel_std,
+        )
+    except PretrainError as error:  # ConversionError and bad meta reaching the backbone builder
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
