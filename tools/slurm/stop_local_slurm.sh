@@ -12,7 +12,9 @@ is_ours() {
   local pid
   [ -s "$1" ] || return 1
   pid=$(cat "$1")
-  [ -d "/proc/$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
+  # a killed daemon lingers as a zombie until reaped: it is not running
+  ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null
 }
 stop_from_pidfile() { # PIDFILE COMMAND
   local pid i
