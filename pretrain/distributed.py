@@ -1,0 +1,121 @@
+"""Process-group set-up from torchrun/submitit environment variables, and gathers.
+
+Single-process runs (``WORLD_SIZE`` unset or 1) never touch ``torch.distributed``: every
+helper below is then the identity, so the same method code runs on a laptop and under DDP.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def resolve_device(requested, local_rank=0):
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        from pretrain.errors import PretrainError
+
+        raise PretrainError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(requested_device="auto"):
+    """Join the process group named by ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_*``."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(requested_device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size
+        )
+    return DistInfo(rank, world_size, local_rank, device)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor):
+    """Concatenation over ranks along dim 0 (rank order); the identity in one process."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        ctx.rank, ctx.size = dist.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
+def gather_with_grad(tensor):
+    """Concatenation over ranks that lets gradients flow back to every rank's own slice."""
+    return _GatherWithGrad.apply(tensor) if is_distributed() else tensor
+
+
+def local_slice(tensor):
+    """This rank's block of a tensor gathered with ``gather_*`` (rank order, equal blocks)."""
+    if not is_distributed():
+        return tensor
+    size = tensor.shape[0] // dist.get_world_size()
+    rank = dist.get_rank()
+    return tensor[rank * size : (rank + 1) * size]
+
+
+def broadcast_(tensor):
+    """Give every rank rank 0's values (e.g. a shuffling permutation)."""
+    if is_distributed():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def all_reduce_mean(value):
+    if not is_distributed():
+        return value
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(tensor)
+    return tensor.item() / dist.get_world_size()
+
+
+def _comm_device():
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if dist.get_backend() == "nccl"
+        else torch.device("cpu")
+    )
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()

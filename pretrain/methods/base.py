@@ -1,0 +1,97 @@
+"""Pieces shared by the methods: projection heads, the memory bank, the method interface."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.backbones import build_backbone
+from pretrain.distributed import gather_no_grad
+from pretrain.errors import PretrainError
+from pretrain.losses import info_nce
+
+HEADS = ("linear", "mlp")
+
+
+def projection_head(in_dim, out_dim, kind="mlp", hidden_dim=None):
+    """IR/CMC's linear embedding or MoCo v2/SimCLR's 2-layer MLP."""
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if kind == "mlp":
+        hidden_dim = hidden_dim or in_dim
+        return nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim)
+        )
+    raise PretrainError(f"unknown model.head '{kind}'; choose one of {', '.join(HEADS)}")
+
+
+def backbone_from_config(model_cfg, in_channels=3):
+    return build_backbone(model_cfg.arch, model_cfg.width, model_cfg.stem, in_channels)
+
+
+def embed(backbone, head, images):
+    """Unit-norm embeddings in float32 (AMP may compute the network in bf16)."""
+    return F.normalize(head(backbone(images)).float(), dim=1)
+
+
+def sampled_contrast(anchor, positive, negatives, sampler, temperature):
+    """InfoNCE of unit ``anchor`` (B, d) against ``positive`` (B, d) and per-anchor ``negatives``
+    (B, K, d) or shared ``negatives`` (K, d), after the sampler picks which negatives count.
+
+    Returns ``(loss, kept)`` where ``kept`` is the mean number of negatives per anchor.
+    """
+    positive_logit = (anchor * positive).sum(dim=1)
+    if negatives.dim() == 3:
+        negative_logits = torch.einsum("bd,bkd->bk", anchor, negatives)
+    else:
+        negative_logits = anchor @ negatives.T
+    keep = sampler.select(negative_logits)
+    loss = info_nce(positive_logit / temperature, negative_logits / temperature, keep)
+    kept = negative_logits.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
+    return loss, kept
+
+
+class MemoryBank(nn.Module):
+    """N x d unit embeddings, one per training image, updated by momentum and renormalised.
+
+    Updates use the embeddings and indices of the whole (all-gathered) batch, so every rank
+    holds the same bank.
+    """
+
+    def __init__(self, size, dim, momentum=0.5):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("memory", F.normalize(torch.randn(size, dim), dim=1))
+
+    def draw(self, rows, count):
+        """(rows, count) indices drawn uniformly with replacement."""
+        return torch.randint(self.memory.shape[0], (rows, count), device=self.memory.device)
+
+    @torch.no_grad()
+    def update(self, embeddings, indices):
+        embeddings, indices = gather_no_grad(embeddings.detach()), gather_no_grad(indices)
+        mixed = self.momentum * self.memory[indices] + (1.0 - self.momentum) * embeddings
+        self.memory[indices] = F.normalize(mixed, dim=1)
+
+
+class ContrastiveMethod(nn.Module):
+    """One pretraining method: ``forward(views, indices, sampler) -> (loss, stats)``.
+
+    ``views`` is the list of augmented batches (``num_views`` of them), ``indices`` the dataset
+    indices of the images. Subclasses name their backbones in ``encoders()`` (the checkpoint's
+    ``encoders``) and pick the one evaluated by default.
+    """
+
+    num_views = 1
+    default_encoder = "encoder"
+    needs_colour = False
+    sync_batchnorm = False  # SimCLR: statistics over the global batch under DDP
+
+    def encoders(self):
+        raise NotImplementedError
+
+    def encoder_in_channels(self):
+        return {name: backbone.conv1.in_channels for name, backbone in self.encoders().items()}
+
+    def features(self, images):
+        """Pooled backbone features for the kNN monitor and linear evaluation."""
+        return self.encoders()[self.default_encoder](images)

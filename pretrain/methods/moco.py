@@ -1,0 +1,85 @@
+"""MoCo v2 (Chen et al. 2020): query encoder, momentum key encoder, FIFO queue of keys.
+
+Batch norm must not let a query find its key through batch statistics. We use shuffle-BN:
+the key batch is gathered from all ranks, permuted, and each rank encodes its slice in
+``shuffle_bn_splits`` separate BN groups, then the keys are un-permuted. In one process
+this still splits the key batch into random BN groups (MoCo's CIFAR "split BN").
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.distributed import broadcast_, gather_no_grad, local_slice
+from pretrain.methods.base import (
+    ContrastiveMethod,
+    backbone_from_config,
+    embed,
+    projection_head,
+    sampled_contrast,
+)
+
+
+class MoCo(ContrastiveMethod):
+    num_views = 2
+    default_encoder = "query"
+
+    def __init__(self, cfg, num_samples):
+        super().__init__()
+        self.temperature = cfg.moco.temperature
+        self.momentum = cfg.moco.momentum
+        self.shuffle_bn_splits = cfg.moco.shuffle_bn_splits
+        dim = cfg.model.embedding_dim
+        self.query = backbone_from_config(cfg.model)
+        self.head_q = projection_head(
+            self.query.feature_dim, dim, cfg.model.head, cfg.model.hidden_dim
+        )
+        self.key = copy.deepcopy(self.query)
+        self.head_k = copy.deepcopy(self.head_q)
+        for param in [*self.key.parameters(), *self.head_k.parameters()]:
+            param.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(cfg.moco.queue_size, dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def encoders(self):
+        return {"query": self.query, "key": self.key}
+
+    @torch.no_grad()
+    def momentum_update(self):
+        query_params = [*self.query.parameters(), *self.head_q.parameters()]
+        key_params = [*self.key.parameters(), *self.head_k.parameters()]
+        torch._foreach_mul_(key_params, self.momentum)
+        torch._foreach_add_(
+            key_params, [p.detach() for p in query_params], alpha=1.0 - self.momentum
+        )
+
+    @torch.no_grad()
+    def encode_keys(self, images):
+        """Keys with shuffle-BN: no key shares its BN group with the batch of its query."""
+        everyone = gather_no_grad(images)
+        order = broadcast_(torch.randperm(everyone.shape[0], device=images.device))
+        mine = local_slice(everyone[order])
+        splits = max(1, min(self.shuffle_bn_splits, mine.shape[0]))
+        keys = torch.cat([embed(self.key, self.head_k, part) for part in mine.chunk(splits)])
+        shuffled = gather_no_grad(keys)
+        restored = torch.empty_like(shuffled)
+        restored[order] = shuffled
+        return local_slice(restored)
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        keys = gather_no_grad(keys)
+        size = self.queue.shape[0]
+        start = int(self.queue_ptr)
+        positions = (start + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[positions] = keys[-size:] if keys.shape[0] > size else keys
+        self.queue_ptr.fill_((start + keys.shape[0]) % size)
+
+    def forward(self, views, indices, sampler):
+        query = embed(self.query, self.head_q, views[0])
+        self.momentum_update()
+        keys = self.encode_keys(views[1])
+        loss, kept = sampled_contrast(query, keys, self.queue.clone(), sampler, self.temperature)
+        self.enqueue(keys)
+        return loss, {"negatives": kept}

@@ -1,0 +1,51 @@
+"""SimCLR (Chen et al. 2020): NT-Xent with the 2B-2 other in-batch views as negatives.
+
+Under DDP the embeddings are all-gathered (gradients flow back to their rank) so negatives
+come from the global batch, and batch norm is synchronised (SyncBN) over the global batch.
+"""
+
+import torch
+import torch.distributed as dist
+
+from pretrain.distributed import gather_with_grad, is_distributed
+from pretrain.losses import in_batch_negative_index, info_nce, pair_partner
+from pretrain.methods.base import (
+    ContrastiveMethod,
+    backbone_from_config,
+    embed,
+    projection_head,
+)
+
+
+class SimCLR(ContrastiveMethod):
+    num_views = 2
+    sync_batchnorm = True
+
+    def __init__(self, cfg, num_samples):
+        super().__init__()
+        self.temperature = cfg.simclr.temperature
+        self.encoder = backbone_from_config(cfg.model)
+        self.head = projection_head(
+            self.encoder.feature_dim, cfg.model.embedding_dim, cfg.model.head, cfg.model.hidden_dim
+        )
+
+    def encoders(self):
+        return {"encoder": self.encoder}
+
+    def forward(self, views, indices, sampler):
+        batch = views[0].shape[0]
+        z = embed(self.encoder, self.head, torch.cat(views))
+        first, second = gather_with_grad(z[:batch]), gather_with_grad(z[batch:])
+        everyone = torch.cat([first, second])  # global view-1 block, then view-2 block
+        rank = dist.get_rank() if is_distributed() else 0
+        mine = torch.arange(rank * batch, (rank + 1) * batch, device=z.device)
+        anchors = torch.cat([mine, mine + first.shape[0]])
+        similarity = everyone[anchors] @ everyone.T
+        partner = pair_partner(everyone.shape[0]).to(z.device)[anchors]
+        negative_index = in_batch_negative_index(everyone.shape[0], z.device)[anchors]
+        positive = similarity.gather(1, partner.unsqueeze(1)).squeeze(1)
+        negatives = similarity.gather(1, negative_index)
+        keep = sampler.select(negatives)
+        loss = info_nce(positive / self.temperature, negatives / self.temperature, keep)
+        kept = negatives.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
+        return loss, {"negatives": kept}
