@@ -34,8 +34,15 @@ if [ -n "$missing_apt" ]; then
 fi
 
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PYTHON" -m venv "$VENV"; }
-log "pip install -r requirements.txt (torch is large: ~2 min the first time)"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+if [ "${RINGNCE_BYO_TORCH:-0}" = 1 ]; then
+  # bring your own torch (+ compiled Detectron2): keep the environment's torch and torchvision
+  log "RINGNCE_BYO_TORCH=1: keeping $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"
+  grep -vE '^(torch|torchvision)==' requirements.txt > "$VENV/.ringnce-requirements.txt"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$VENV/.ringnce-requirements.txt"
+else
+  log "pip install -r requirements.txt (torch is large: ~2 min the first time)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt
+fi
 "$VENV/bin/python" tools/install_detectron2.py
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 
