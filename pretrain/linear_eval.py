@@ -16,14 +16,23 @@ suits encoders whose feature scales differ by orders of magnitude.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision import transforms
 
+from pretrain import data, knn
+from pretrain.backbones import build_backbone
+from pretrain.checkpoint import load_checkpoint
+from pretrain.config import Config, parse_override, set_dotted, to_config, validate
 from pretrain.errors import PretrainError
 
 
@@ -82,14 +91,13 @@ def assert_unchanged(modules: Sequence[nn.Module], snapshot: list[dict[str, torc
         )
 
 
-@torch.no_grad()
-def extract_features(
+def extract_frozen_features(
     embed: Callable[[torch.Tensor], torch.Tensor],
     encoders: Sequence[nn.Module],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `embed` over (images, labels) batches with `encoders` frozen; return cached features.
+    """Cached features of `batches` ((images, labels, ...) tuples) with `encoders` frozen.
 
     `embed` maps an image batch to pooled features using `encoders` (one encoder for most
     methods; CMC concatenates its L and ab encoders). The encoders are switched to eval mode
@@ -99,18 +107,15 @@ def extract_features(
     snapshot = snapshot_state(encoders)
     for module in encoders:
         module.eval()
-    features, labels = [], []
     try:
-        for images, targets in batches:
-            features.append(embed(images.to(device)).float().cpu())
-            labels.append(targets.cpu())
+        features, labels = knn.extract_features(embed, batches, device)
     finally:
         for module, mode in zip(encoders, was_training):
             module.train(mode)
     assert_unchanged(encoders, snapshot)
-    if not features:
-        raise EvalError("the split is empty: no images to embed; check the dataset path/split")
-    return torch.cat(features).flatten(1), torch.cat(labels).long()
+    if len(labels) == 0:
+        raise EvalError("the split is empty: no images to embed; check the dataset and limits")
+    return features.flatten(1), labels
 
 
 # ---------------------------------------------------------------- linear classifier
@@ -252,3 +257,234 @@ def linear_probe_accuracy(
     result["weight_decay"] = probe.weight_decay
     result["validation_top1"] = {str(k): v for k, v in validation.items()}
     return result
+
+
+# ---------------------------------------------------------------- features of a split
+
+
+def evaluate_features(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    settings: LinearEvalSettings,
+    knn_ks: Sequence[int] = (20, 200),
+    knn_temperature: float = 0.07,
+) -> dict:
+    """Linear probe and weighted kNN on the same cached features (flat metric names)."""
+    (train_x, train_y), (test_x, test_y) = train, test
+    linear = linear_probe_accuracy(train_x, train_y, test_x, test_y, num_classes, settings)
+    metrics = {f"linear_{k}": v for k, v in linear.items()}
+    for k in knn_ks:
+        metrics[f"knn{k}_top1"] = knn.knn_accuracy(
+            train_x, train_y, test_x, test_y, num_classes, k=k, temperature=knn_temperature
+        )
+    return metrics
+
+
+# ---------------------------------------------------------------- checkpoints
+
+# `key=value` options of tools/linear_eval.py (validated: a typo names the nearest key).
+EVAL_DEFAULTS = {
+    "encoder": None,  # None: the checkpoint's default (CMC: L and ab concatenated)
+    "solver": "lbfgs",
+    "weight_decays": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+    "validation_fraction": 0.1,
+    "lbfgs_max_iter": 200,
+    "sgd_epochs": 30,
+    "sgd_lr": 0.1,
+    "sgd_batch_size": 256,
+    "sgd_momentum": 0.9,
+    "knn_k": [20, 200],
+    "knn_temperature": 0.07,
+    "train_limit": None,  # a fixed random subset of the train split (None: all of it)
+    "test_limit": None,
+    "batch_size": 512,
+    "num_workers": 0,
+    "device": "cpu",
+    "seed": 0,
+    "data_root": None,  # where the dataset lives, if not where pretraining found it
+    "output": None,  # default: eval.json beside the checkpoint
+}
+
+
+def eval_options(overrides: Sequence[str] = ()) -> Config:
+    """EVAL_DEFAULTS with `key=value` overrides applied and checked."""
+    values: dict = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        set_dotted(values, keys, value)
+    return to_config(validate(values, EVAL_DEFAULTS, EVAL_DEFAULTS))
+
+
+def probe_settings(options: Config) -> LinearEvalSettings:
+    return LinearEvalSettings(
+        solver=options.solver,
+        weight_decays=tuple(float(w) for w in options.weight_decays),
+        validation_fraction=options.validation_fraction,
+        lbfgs_max_iter=options.lbfgs_max_iter,
+        sgd_epochs=options.sgd_epochs,
+        sgd_lr=options.sgd_lr,
+        sgd_batch_size=options.sgd_batch_size,
+        sgd_momentum=options.sgd_momentum,
+        seed=options.seed,
+    )
+
+
+def encoder_names(checkpoint: dict, requested: str | None) -> list[str]:
+    """Which encoders embed an image: the requested one, CMC's pair, or the default."""
+    available = list(checkpoint["encoders"])
+    if requested is not None:
+        if requested not in available:
+            raise EvalError(
+                f"encoder '{requested}' is not in the checkpoint; choose one of {available}"
+            )
+        return [requested]
+    if {"l", "ab"} <= set(available):
+        return ["l", "ab"]
+    default = checkpoint["meta"].get("default_encoder")
+    if default not in available:
+        raise EvalError(
+            f"checkpoint names default encoder {default!r} but holds {available}; pass encoder=NAME"
+        )
+    return [default]
+
+
+def rebuild_encoder(meta: dict, name: str, state: dict) -> nn.Module:
+    """The backbone described by `meta`, with `state` loaded strictly (a mismatch is an error)."""
+    conv1 = state.get("conv1.weight")
+    if conv1 is None or conv1.dim() != 4:
+        raise EvalError(
+            f"encoder '{name}' has no conv1.weight: not a torchvision-named ResNet state dict"
+        )
+    backbone = build_backbone(meta["arch"], meta["width"], meta["stem"], int(conv1.shape[1]))
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0][:160]
+        raise EvalError(
+            f"encoder '{name}' does not match meta (arch={meta['arch']}, width={meta['width']}, "
+            f"stem={meta['stem']}): {first}"
+        ) from None
+    return backbone
+
+
+def make_embed(names: Sequence[str], encoders: Sequence[nn.Module]):
+    """Image batch -> pooled features; CMC's L encoder sees channel 0, ab channels 1-2."""
+    if list(names) == ["l", "ab"]:
+        l_encoder, ab_encoder = encoders
+        return lambda x: torch.cat([l_encoder(x[:, :1]), ab_encoder(x[:, 1:])], dim=1)
+    (encoder,) = encoders
+    if names[0] in ("l", "ab"):
+        channels = slice(0, 1) if names[0] == "l" else slice(1, 3)
+        return lambda x: encoder(x[:, channels])
+    return encoder
+
+
+def split_loader(dataset, transform, limit, seed, options):
+    indices = data.subset_indices(len(dataset), limit, seed)
+    subset = data.with_transform(dataset, transform, indices)
+    return torch.utils.data.DataLoader(
+        subset, batch_size=options.batch_size, shuffle=False, num_workers=options.num_workers
+    )
+
+
+def checkpoint_source(checkpoint: dict, path: Path, data_root) -> data.Source:
+    """The dataset the checkpoint was pretrained on, from its resolved config."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or "data" not in config:
+        raise EvalError(
+            f"{path} holds no resolved config with a 'data' section; it was not written by "
+            "pretrain/run.py, so the evaluation dataset is unknown"
+        )
+    data_cfg = to_config(dict(config["data"]))
+    if data_root is not None:
+        data_cfg.root = data_root
+    return data.load_source(data_cfg)
+
+
+def evaluate_checkpoint(path: str | Path, overrides: Sequence[str] = (), log=print) -> dict:
+    """Linear probe + kNN of a pretraining checkpoint; writes eval.json (see module doc)."""
+    options = eval_options(overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise EvalError(
+            f"checkpoint not found: {path}; pass a .pth written by pretrain/run.py "
+            "(e.g. runs/NAME/checkpoints/last.pth)"
+        )
+    checkpoint = load_checkpoint(path)
+    meta = checkpoint["meta"]
+    names = encoder_names(checkpoint, options.encoder)
+    encoders = [rebuild_encoder(meta, n, checkpoint["encoders"][n]) for n in names]
+    device = torch.device(options.device)
+    for encoder in encoders:
+        encoder.to(device)
+    source = checkpoint_source(checkpoint, path, options.data_root)
+    transform = data.eval_transform(
+        meta["method"], meta["image_size"], meta["pixel_mean"], meta["pixel_std"]
+    )
+    embed = make_embed(names, encoders)
+    splits = {}
+    for split, dataset, limit in (
+        ("train", source.train, options.train_limit),
+        ("test", source.test, options.test_limit),
+    ):
+        loader = split_loader(dataset, transform, limit, options.seed, options)
+        splits[split] = extract_frozen_features(embed, encoders, loader, device)
+        log(f"embedded {len(splits[split][1])} {split} images with {'+'.join(names)}")
+    metrics = evaluate_features(
+        splits["train"],
+        splits["test"],
+        source.num_classes,
+        probe_settings(options),
+        options.knn_k,
+        options.knn_temperature,
+    )
+    result = {
+        "checkpoint": str(path.resolve()),
+        "epoch": checkpoint["epoch"],
+        "global_step": checkpoint["global_step"],
+        "meta": meta,
+        "encoders": names,
+        "feature_dim": int(splits["train"][0].shape[1]),
+        "num_train": len(splits["train"][1]),
+        "num_test": len(splits["test"][1]),
+        "frozen_check": "passed: every encoder parameter and BN buffer bitwise unchanged",
+        "options": options.to_dict(),
+        "metrics": metrics,
+    }
+    out = Path(options.output) if options.output else path.parent / "eval.json"
+    write_json_atomic(out, result)
+    result["output"] = str(out)
+    return result
+
+
+def raw_pixel_floor(source: data.Source, options: Config) -> dict:
+    """The same protocol on raw pixels in [0, 1]: what any encoder has to beat."""
+    # Served as RGB; a grayscale source is reduced back to one channel so its floor is the
+    # plain 784-pixel vector (repeating it 3 times would not change cosine or the probe).
+    gray = [transforms.Grayscale(1)] if source.channels == 1 else []
+    to_pixels = transforms.Compose([*gray, transforms.ToTensor()])
+    splits = []
+    for dataset, limit in ((source.train, options.train_limit), (source.test, options.test_limit)):
+        loader = split_loader(dataset, to_pixels, limit, options.seed, options)
+        features, labels = knn.extract_features(lambda x: x.flatten(1), loader)
+        if len(labels) == 0:
+            raise EvalError("the split is empty: no images for the raw-pixel floor")
+        splits.append((features, labels))
+    return evaluate_features(
+        splits[0],
+        splits[1],
+        source.num_classes,
+        probe_settings(options),
+        options.knn_k,
+        options.knn_temperature,
+    )
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(payload, handle, indent=1, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)

@@ -6,7 +6,7 @@ from pretrain.linear_eval import (
     EvalError,
     LinearEvalSettings,
     assert_unchanged,
-    extract_features,
+    extract_frozen_features,
     linear_probe_accuracy,
     snapshot_state,
     topk_accuracy,
@@ -28,8 +28,8 @@ def test_linear_eval_leaves_a_frozen_random_backbone_bitwise_unchanged():
     backbone = build_backbone("resnet18", width=0.125, stem="cifar")
     backbone.train()  # as a training loop would leave it: BN would update its running stats
     before = snapshot_state([backbone])
-    train_x, train_y = extract_features(backbone, [backbone], image_batches(32))
-    test_x, test_y = extract_features(backbone, [backbone], image_batches(16, seed=1))
+    train_x, train_y = extract_frozen_features(backbone, [backbone], image_batches(32))
+    test_x, test_y = extract_frozen_features(backbone, [backbone], image_batches(16, seed=1))
     result = linear_probe_accuracy(
         train_x, train_y, test_x, test_y, 4, LinearEvalSettings(lbfgs_max_iter=20)
     )
@@ -59,13 +59,13 @@ def test_embedding_that_touches_bn_stats_fails_extraction():
         return backbone(images)
 
     with pytest.raises(EvalError, match="frozen encoder changed"):
-        extract_features(leaky_embed, [backbone], image_batches(8))
+        extract_frozen_features(leaky_embed, [backbone], image_batches(8))
 
 
 def test_empty_split_is_a_clear_error():
     backbone = build_backbone("resnet18", width=0.125, stem="cifar")
     with pytest.raises(EvalError, match="split is empty"):
-        extract_features(backbone, [backbone], [])
+        extract_frozen_features(backbone, [backbone], [])
 
 
 def test_topk_accuracy_on_known_logits():
