@@ -148,5 +148,6 @@ def job_record(job):
         "job_id": str(job.job_id),
         "stdout": str(job.paths.stdout),
         "stderr": str(job.paths.stderr),
+        "result_pickle": str(job.paths.result_pickle),
         "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -44,10 +44,9 @@ def distributed_environment():
 def load_pretrain_config(config_path, overrides=()):
     """The resolved pretraining config, validated against the trainer's schema, always with
     ``resume=auto`` so a requeued job continues from its last checkpoint."""
-    from pretrain.config import load_config
-    from pretrain.trainer import CONFIG_SCHEMA
+    from pretrain.trainer import load_pretrain_config as load
 
-    return load_config(config_path, [*overrides, "resume=auto"], schema=CONFIG_SCHEMA)
+    return load(config_path, [*overrides, "resume=auto"])
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
