@@ -119,20 +119,28 @@ def load_checkpoint(path: Path):
 
 
 def _load_failure_message(path: Path, error: Exception) -> str:
-    text = str(error)
-    if "Weights only load failed" in text:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        return (
-            f"{path} pickles Python objects ({', '.join(unsafe[:3])}) that cannot be loaded "
-            "safely: save a dict of tensors (model.state_dict()) instead"
-        )
     if _looks_like_text(path):
         return f"{path} is a text file, not a PyTorch checkpoint: give a file written by torch.save"
-    first_line = text.strip().splitlines()[0][:120] if text.strip() else "no message"
+    if "Weights only load failed" in str(error):
+        unsafe = _unsafe_globals(path)
+        objects = f"Python objects ({', '.join(unsafe[:3])})" if unsafe else "content"
+        return (
+            f"{path} pickles {objects} that torch cannot load safely (weights_only): "
+            "save a dict of tensors (model.state_dict()) with torch.save instead"
+        )
+    text = str(error).strip()
+    first_line = text.splitlines()[0][:120] if text else "no message"
     return (
         f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first_line}); "
         "it is truncated or of another kind: give a file written by torch.save"
     )
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a torch.save zip file at all: the caller reports it as unreadable
+        return []
 
 
 def _looks_like_text(path: Path) -> bool:
