@@ -1,0 +1,548 @@
+"""The Ring-vs-uniform study: plan the runs, run them, summarise with confidence intervals.
+
+Every (method, sampler, seed) run starts from the *same* method config; the only override that
+differs between the uniform and the ring run of a method is the sampler name, so steps, batch,
+augmentations, schedule and data order (seeded) are identical by construction. Results are
+compared per seed (paired), which is why one failed run removes its seed from that method's
+difference instead of being averaged over silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import submitit
+
+from pretrain.errors import PretrainError
+from pretrain.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
+
+SAMPLERS = ("uniform", "ring")
+# (key in eval.json, label in tables); the first is the headline metric.
+METRICS = (
+    ("linear_top1", "linear top-1"),
+    ("knn20_top1", "kNN k=20 top-1"),
+    ("knn200_top1", "kNN k=200 top-1"),
+    ("linear_top5", "linear top-5"),
+)
+
+
+class StudyError(PretrainError):
+    """The study cannot be planned or summarised (no runs, unknown method, no results)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    sampler: str
+    seed: int
+    config: str
+    overrides: tuple[str, ...]
+    output_dir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.sampler}_s{self.seed}"
+
+
+@dataclass
+class RunRecord:
+    """One run's outcome: its metrics, or the one-line reason it has none."""
+
+    method: str
+    sampler: str
+    seed: int
+    output_dir: str
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- planning and running
+
+
+def config_pairs(config_dir: str | Path, dataset: str, methods: Sequence[str]) -> dict:
+    """{method: {sampler: path}} from the `<sampler>_<method>_<dataset>.yaml` naming."""
+    pairs = {}
+    for method in methods:
+        pairs[method] = {}
+        for sampler in SAMPLERS:
+            path = Path(config_dir) / f"{sampler}_{method}_{dataset}.yaml"
+            if not path.is_file():
+                raise StudyError(
+                    f"no config for {method} with {sampler} negatives on {dataset}: expected "
+                    f"{path}; check --methods/--dataset or --config-dir"
+                )
+            pairs[method][sampler] = str(path)
+    return pairs
+
+
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += differing_keys(va, vb, f"{path}.")
+        elif va != vb:
+            keys.append(path)
+    return keys
+
+
+# Keys allowed to differ between the uniform and ring run of one method and seed.
+ALLOWED_DIFFERENCES = ("sampler.", "output_dir")
+
+
+def check_same_budget(method: str, uniform_cfg: dict, ring_cfg: dict) -> None:
+    """Refuse a comparison where anything but the sampler differs (steps, batch, augmentation)."""
+    unfair = [
+        k for k in differing_keys(uniform_cfg, ring_cfg) if not k.startswith(ALLOWED_DIFFERENCES)
+    ]
+    if unfair:
+        raise StudyError(
+            f"{method}: the uniform and ring configs differ in {', '.join(unfair)}; an unfair "
+            "comparison: make them equal in the configs or with a common override"
+        )
+
+
+def plan_runs(
+    configs: dict[str, dict[str, str]],
+    seeds: Sequence[int],
+    output_root: str | Path,
+    common_overrides: Sequence[str] = (),
+) -> list[RunSpec]:
+    """Every method x sampler x seed; within a (method, seed) only the sampler differs."""
+    if not configs:
+        raise StudyError("no methods to compare: pass at least one method")
+    if not seeds:
+        raise StudyError("no seeds: pass at least one seed (3 give a usable interval)")
+    specs = []
+    for method, by_sampler in configs.items():
+        for seed in seeds:
+            for sampler in SAMPLERS:
+                out = str(Path(output_root) / f"{method}_{sampler}_s{seed}")
+                overrides = (*common_overrides, f"seed={seed}", f"output_dir={out}", "resume=auto")
+                specs.append(RunSpec(method, sampler, seed, by_sampler[sampler], overrides, out))
+    return specs
+
+
+def check_plan(specs: Sequence[RunSpec], load: Callable[[str, Sequence[str]], dict]) -> None:
+    """Resolve every config before any training: typos and unfair pairs fail in seconds."""
+    resolved = {(s.method, s.seed, s.sampler): load(s.config, s.overrides) for s in specs}
+    for (method, seed, sampler), cfg in resolved.items():
+        if sampler == "ring":
+            check_same_budget(method, resolved[(method, seed, "uniform")], cfg)
+        if cfg["sampler"]["name"] != sampler:
+            raise StudyError(
+                f"{method}: the {sampler} config sets sampler.name={cfg['sampler']['name']}"
+            )
+
+
+def eval_path(spec: RunSpec) -> Path:
+    return Path(spec.output_dir) / "checkpoints" / "eval.json"
+
+
+def finished_record(spec: RunSpec) -> RunRecord | None:
+    """The record of a spec already evaluated (its eval.json exists), else None."""
+    done = eval_path(spec)
+    if not done.is_file():
+        return None
+    metrics = json.loads(done.read_text())["metrics"]
+    return RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir, metrics)
+
+
+def pretrain_and_evaluate(spec: RunSpec, eval_overrides: Sequence[str] = ()) -> dict:
+    """Pretrain one spec (resuming if it was interrupted), evaluate its last checkpoint."""
+    from pretrain.linear_eval import evaluate_checkpoint
+    from pretrain.trainer import load_pretrain_config, train
+
+    train(load_pretrain_config(spec.config, spec.overrides))
+    checkpoint = Path(spec.output_dir) / "checkpoints" / "last.pth"
+    return evaluate_checkpoint(checkpoint, eval_overrides)["metrics"]
+
+
+def execute_runs(
+    specs: Sequence[RunSpec],
+    run_one: Callable[[RunSpec], dict],
+    log: Callable[[str], None] = print,
+) -> list[RunRecord]:
+    """Run specs in order; a run that fails is recorded with its error and the rest continue.
+
+    A spec whose eval.json exists is not rerun, so an interrupted study resumes where it
+    stopped.
+    """
+    records = []
+    for index, spec in enumerate(specs, 1):
+        prefix = f"[{index}/{len(specs)}] {spec.name}"
+        record = finished_record(spec)
+        if record is not None:
+            log(f"{prefix}: already evaluated, reusing {eval_path(spec)}")
+        else:
+            log(f"{prefix}: pretraining + evaluation")
+            record = RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir)
+            try:
+                record.metrics = run_one(spec)
+            except PretrainError as exc:  # the project's errors: keep going, report it
+                record.error = str(exc)
+                log(f"{prefix}: FAILED: {exc}")
+        records.append(record)
+    return records
+
+
+class StudyRunJob(submitit.helpers.Checkpointable):
+    """One study run as a submitit job: on preemption submitit resubmits the same call, which
+    resumes pretraining from the run's last checkpoint (its overrides say resume=auto)."""
+
+    def __call__(self, spec: RunSpec, eval_overrides: Sequence[str]) -> dict:
+        return pretrain_and_evaluate(spec, eval_overrides)
+
+
+def execute_array(
+    specs: Sequence[RunSpec],
+    eval_overrides: Sequence[str],
+    cluster: str,
+    log_root: str | Path,
+    resources,
+    log: Callable[[str], None] = print,
+) -> list[RunRecord]:
+    """Submit the unfinished specs as ONE job array (launcher API) and wait for all of them."""
+    from launcher.executors import job_record, make_executor, map_array, unique_log_folder
+
+    records = {spec: finished_record(spec) for spec in specs}
+    pending = [spec for spec, record in records.items() if record is None]
+    log(f"{len(specs) - len(pending)} runs already evaluated, submitting {len(pending)}")
+    if pending:
+        executor = make_executor(
+            cluster, unique_log_folder(log_root, "compare-negatives"), resources
+        )
+        overrides = [tuple(eval_overrides)] * len(pending)
+        jobs = map_array(executor, resources, StudyRunJob(), pending, overrides)
+        log(f"job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks on {cluster}")
+        for spec, job in zip(pending, jobs):
+            record = RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir)
+            try:
+                record.metrics = job.result()
+            except Exception as exc:  # submitit re-raises the task's error with its traceback
+                last_line = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+                record.error = f"{last_line[0]} (log: {job_record(job)['stderr']})"
+                log(f"{spec.name}: FAILED: {record.error}")
+            records[spec] = record
+    return [records[spec] for spec in specs]
+
+
+# ---------------------------------------------------------------- summarising
+
+
+@dataclass
+class MethodSummary:
+    method: str
+    metric: str
+    per_sampler: dict[str, MeanCI | None]
+    difference: MeanCI | None
+    paired_seeds: list[int]
+    failed: list[str]
+
+
+def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metric: str):
+    return {
+        r.seed: float(r.metrics[metric])
+        for r in records
+        if r.method == method and r.sampler == sampler and r.error is None and metric in r.metrics
+    }
+
+
+def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> list[MethodSummary]:
+    """Per method: mean ± CI per sampler, and the paired ring - uniform difference."""
+    methods = list(dict.fromkeys(r.method for r in records))
+    if not methods:
+        raise StudyError("no run records to summarise: the study produced nothing")
+    summaries = []
+    for method in methods:
+        by_sampler = {s: metric_by_seed(records, method, s, metric) for s in SAMPLERS}
+        per_sampler = {
+            s: mean_confidence_interval(list(v.values()), confidence) if v else None
+            for s, v in by_sampler.items()
+        }
+        common = sorted(set(by_sampler["ring"]) & set(by_sampler["uniform"]))
+        difference = None
+        if common:
+            difference = paired_difference_ci(
+                {s: by_sampler["ring"][s] for s in common},
+                {s: by_sampler["uniform"][s] for s in common},
+                confidence,
+            )
+        failed = [
+            f"{r.sampler} seed {r.seed}: {r.error}"
+            for r in records
+            if r.method == method and r.error is not None
+        ]
+        summaries.append(MethodSummary(method, metric, per_sampler, difference, common, failed))
+    return summaries
+
+
+def verdict(difference: MeanCI | None) -> str:
+    """Plain words for a ring - uniform interval: only a CI excluding zero counts as an effect."""
+    if difference is None:
+        return "no paired runs"
+    if difference.half_width is None:
+        return "1 seed: no interval, no verdict"
+    if difference.excludes_zero():
+        return "ring better" if difference.mean > 0 else "ring worse"
+    return "no resolved difference (CI includes 0)"
+
+
+def signed_points(ci: MeanCI) -> str:
+    text = ci.format()
+    return text if text.startswith("-") else "+" + text
+
+
+# ---------------------------------------------------------------- writing
+
+
+def markdown_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
+    """One metric's table; `floor` is the same metric measured on raw pixels."""
+    confidence = next(
+        (ci.confidence for s in summaries for ci in s.per_sampler.values() if ci), 0.95
+    )
+    pct = f"{confidence:.0%}"
+    lines = [
+        f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
+        "",
+        f"| method | uniform | ring | ring − uniform ({pct} CI) | seeds | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        cells = [s.per_sampler[x].format() if s.per_sampler[x] else "failed" for x in SAMPLERS]
+        diff = signed_points(s.difference) if s.difference else "—"
+        lines.append(
+            f"| {s.method} | {cells[0]} | {cells[1]} | {diff} | {len(s.paired_seeds)} "
+            f"| {verdict(s.difference)} |"
+        )
+    if floor is not None:
+        lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
+    return "\n".join(lines)
+
+
+def failures_section(summaries: Sequence[MethodSummary]) -> str:
+    failed = sorted({f"{s.method} {line}" for s in summaries for line in s.failed})
+    if not failed:
+        return "All runs finished."
+    return (
+        "Failed runs (excluded from their cells and from the paired difference):\n\n"
+        + "\n".join(f"- {line}" for line in failed)
+    )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=0.95) -> None:
+    """Grouped bars (uniform, ring) per method with CI whiskers, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = METRICS[:3]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    colours = {"uniform": "#8c8c8c", "ring": "#d1495b"}
+    for ax, (key, label) in zip(axes[0], panels):
+        summaries = summarise(records, key, confidence)
+        positions = list(range(len(summaries)))
+        lows = [floor[key] * 100] if key in floor else []
+        for offset, sampler in ((-0.2, "uniform"), (0.2, "ring")):
+            cis = [s.per_sampler[sampler] for s in summaries]
+            heights = [ci.mean * 100 if ci else math.nan for ci in cis]
+            errors = [(ci.half_width or 0.0) * 100 if ci else 0.0 for ci in cis]
+            lows += [h - e for h, e in zip(heights, errors) if not math.isnan(h)]
+            ax.bar(
+                [p + offset for p in positions],
+                heights,
+                width=0.38,
+                yerr=errors,
+                capsize=3,
+                color=colours[sampler],
+                label=sampler,
+            )
+        if key in floor:
+            ax.axhline(floor[key] * 100, ls="--", color="k", lw=1, label="raw pixels")
+        ax.set_xticks(positions, [s.method for s in summaries])
+        ax.set_title(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(max(0.0, min(lows, default=5.0) - 5), 100)
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"ring vs uniform negatives (mean ± {confidence:.0%} CI over seeds)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(
+    records: Sequence[RunRecord],
+    floor: dict,
+    out_dir: str | Path,
+    command: str,
+    description: str,
+    confidence: float = 0.95,
+) -> dict:
+    """Write results.md, results.png and records.json; return the headline summary."""
+    out_dir = Path(out_dir)
+    if not any(r.error is None for r in records):
+        raise StudyError(
+            f"every run failed ({records[0].error if records else 'no runs'}); nothing to report"
+        )
+    sections = [f"# Ring vs uniform negatives\n\n{description}\n", "Command:\n"]
+    sections.append(f"```\n{command}\n```\n")
+    headline = {}
+    for key, label in METRICS:
+        try:
+            summaries = summarise(records, key, confidence)
+        except StatsError as exc:
+            raise StudyError(f"cannot summarise {label}: {exc}") from exc
+        sections.append(markdown_table(summaries, label, floor.get(key)) + "\n")
+        if key == METRICS[0][0]:
+            headline = {s.method: verdict(s.difference) for s in summaries}
+            sections.append(failures_section(summaries) + "\n")
+    sections.append("![ring vs uniform](results.png)\n")
+    write_text_atomic(out_dir / "results.md", "\n".join(sections))
+    write_text_atomic(
+        out_dir / "records.json", json.dumps([asdict(r) for r in records], indent=1) + "\n"
+    )
+    bar_chart(records, floor, out_dir / "results.png", confidence)
+    return headline
+
+
+# ---------------------------------------------------------------- presets and the whole study
+
+GRAYSCALE_DATASETS = ("fmnist",)
+CMC_GRAYSCALE = (
+    "CMC is excluded: it contrasts the L and ab channels of Lab colour, and Fashion-MNIST is "
+    "grayscale (ab is zero everywhere), so there is no second view to predict"
+)
+
+# Budgets: every override here applies to both samplers of every method alike.
+PRESETS = {
+    "cpu": {
+        "dataset": "fmnist",
+        "methods": ["ir", "moco", "simclr"],
+        "seeds": [0, 1, 2],
+        "overrides": [],
+        "eval": ["train_limit=10000"],
+    },
+    "gpu": {
+        "dataset": "cifar10",
+        "methods": ["ir", "cmc", "moco", "simclr"],
+        "seeds": [0, 1, 2],
+        "overrides": ["device=cuda"],
+        "eval": ["device=cuda", "batch_size=1024", "num_workers=8"],
+    },
+}
+
+
+def check_methods_fit_dataset(methods: Sequence[str], dataset: str) -> None:
+    if "cmc" in methods and dataset in GRAYSCALE_DATASETS:
+        raise StudyError(f"{CMC_GRAYSCALE}; drop cmc from the methods or use a colour dataset")
+
+
+def load_floor(path: Path, compute: Callable[[], dict], log: Callable[[str], None]) -> dict:
+    """The raw-pixel floor, computed once per study folder (it depends on the data only)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    log("computing the raw-pixel floor (same protocol, no encoder)")
+    floor = compute()
+    write_text_atomic(path, json.dumps(floor, indent=1) + "\n")
+    return floor
+
+
+def study_plan(args) -> dict:
+    """Preset values, with any explicitly given argument taking precedence."""
+    preset = PRESETS[args.preset]
+    return {
+        "dataset": args.dataset or preset["dataset"],
+        "methods": list(args.methods or preset["methods"]),
+        "seeds": list(args.seeds if args.seeds is not None else preset["seeds"]),
+        "overrides": [*preset["overrides"], *args.overrides],
+        "eval": [*preset["eval"], *args.eval],
+    }
+
+
+def describe(plan: dict, args, specs: Sequence[RunSpec]) -> str:
+    lines = [
+        f"Dataset `{plan['dataset']}`, methods {', '.join(plan['methods'])}, seeds "
+        f"{', '.join(map(str, plan['seeds']))} ({len(specs)} pretraining runs). Configs: "
+        f"`{{uniform,ring}}_<method>_{plan['dataset']}.yaml` from `{args.config_dir}`, plus "
+        f"the overrides `{' '.join(plan['overrides']) or 'none'}` for every run; the two runs "
+        "of a (method, seed) were checked to differ only in `sampler.*`.",
+        "",
+        "Evaluation: frozen encoder (BN in eval mode, verified bitwise unchanged), pooled "
+        "features; linear probe = L-BFGS logistic regression on standardised features with "
+        "the L2 penalty chosen on 10% of the train split; weighted kNN (cosine, T=0.07). "
+        f"Options: `{' '.join(plan['eval']) or 'defaults'}`.",
+    ]
+    if plan["dataset"] in GRAYSCALE_DATASETS:
+        lines += ["", CMC_GRAYSCALE + "."]
+    return "\n".join(lines)
+
+
+def run_study_from_args(args, command: str, started: float, log=print) -> dict:
+    """The whole study as tools/compare_negatives.py describes it; returns verdict per method."""
+    import time
+
+    from pretrain.data import load_source
+    from pretrain.linear_eval import eval_options, raw_pixel_floor
+    from pretrain.trainer import load_pretrain_config
+
+    plan = study_plan(args)
+    check_methods_fit_dataset(plan["methods"], plan["dataset"])
+    eval_options(plan["eval"])  # a typo in --eval fails now, not after hours of training
+    configs = config_pairs(args.config_dir, plan["dataset"], plan["methods"])
+    output = Path(args.output)
+    specs = plan_runs(configs, plan["seeds"], output, plan["overrides"])
+    resolved = {}
+
+    def load(config, overrides):
+        resolved[(config, tuple(overrides))] = load_pretrain_config(config, overrides)
+        return resolved[(config, tuple(overrides))].to_dict()
+
+    check_plan(specs, load)
+    first = resolved[(specs[0].config, tuple(specs[0].overrides))]
+    floor = load_floor(
+        output / "floor.json",
+        lambda: raw_pixel_floor(load_source(first.data), eval_options(plan["eval"])),
+        log,
+    )
+    if args.cluster:
+        from launcher.executors import Resources
+
+        resources = Resources(
+            job_name="compare-negatives",
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_task=args.cpus_per_task,
+            timeout_min=args.timeout_min,
+            partition=args.partition,
+            array_parallelism=args.array_parallelism,
+        )
+        records = execute_array(specs, plan["eval"], args.cluster, output / "logs", resources, log)
+    else:
+        records = execute_runs(specs, lambda spec: pretrain_and_evaluate(spec, plan["eval"]), log)
+    minutes = (time.time() - started) / 60
+    description = (
+        describe(plan, args, specs) + f"\n\nWall time of this invocation: {minutes:.1f} min."
+    )
+    report_dir = Path(args.report_dir) if args.report_dir else output / "report"
+    headline = write_report(records, floor, report_dir, command, description)
+    log(f"wrote {report_dir / 'results.md'} and {report_dir / 'results.png'}")
+    return headline

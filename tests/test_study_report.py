@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from pretrain.stats import MeanCI
+from pretrain.study import (
+    RunRecord,
+    StudyError,
+    check_same_budget,
+    summarise,
+    verdict,
+    write_report,
+)
+
+
+def record(method, sampler, seed, top1, error=None):
+    metrics = (
+        {}
+        if error
+        else {
+            "linear_top1": top1,
+            "linear_top5": 0.99,
+            "knn20_top1": top1 - 0.01,
+            "knn200_top1": top1 - 0.02,
+        }
+    )
+    return RunRecord(method, sampler, seed, f"runs/{method}_{sampler}_s{seed}", metrics, error)
+
+
+def study_records():
+    return [
+        record("moco", "uniform", 0, 0.80),
+        record("moco", "uniform", 1, 0.82),
+        record("moco", "uniform", 2, 0.81),
+        record("moco", "ring", 0, 0.83),
+        record("moco", "ring", 1, 0.85),
+        record("moco", "ring", 2, 0.84),
+        record("ir", "uniform", 0, 0.78),
+        record("ir", "uniform", 1, 0.80),
+        record("ir", "uniform", 2, 0.79),
+        record("ir", "ring", 0, 0.80),
+        record("ir", "ring", 1, 0.77),
+        record("ir", "ring", 2, 0.0, error="loss is NaN at step 3"),
+    ]
+
+
+def test_summary_pairs_by_seed_and_drops_failed_runs_from_the_difference():
+    by_method = {s.method: s for s in summarise(study_records(), "linear_top1")}
+    moco = by_method["moco"]
+    assert moco.difference.mean == pytest.approx(0.03)
+    assert moco.difference.half_width == pytest.approx(0.0, abs=1e-9)  # constant +3 points
+    assert verdict(moco.difference) == "ring better"
+    ir = by_method["ir"]
+    assert ir.paired_seeds == [0, 1]
+    assert ir.per_sampler["ring"].n == 2
+    assert ir.difference.mean == pytest.approx(-0.005)
+    assert verdict(ir.difference) == "no resolved difference (CI includes 0)"
+    assert ir.failed == ["ring seed 2: loss is NaN at step 3"]
+
+
+@pytest.mark.parametrize(
+    "difference, words",
+    [
+        (None, "no paired runs"),
+        (MeanCI(0.01, None, 1, 0.95), "1 seed: no interval, no verdict"),
+        (MeanCI(-0.03, 0.01, 3, 0.95), "ring worse"),
+        (MeanCI(0.03, 0.05, 3, 0.95), "no resolved difference (CI includes 0)"),
+    ],
+)
+def test_verdict_words(difference, words):
+    assert verdict(difference) == words
+
+
+def test_report_files(tmp_path):
+    floor = {"linear_top1": 0.84, "knn20_top1": 0.80, "knn200_top1": 0.74, "linear_top5": 0.99}
+    headline = write_report(study_records(), floor, tmp_path, "python x --flag", "Fashion-MNIST")
+    assert headline == {"moco": "ring better", "ir": "no resolved difference (CI includes 0)"}
+    text = (tmp_path / "results.md").read_text()
+    assert "python x --flag" in text
+    assert "| moco | 81.0 ± 2.5 | 84.0 ± 2.5 | +3.0 ± 0.0 | 3 | ring better |" in text
+    assert "Floor, raw pixels with the same protocol: 80.0." in text
+    assert "ir ring seed 2: loss is NaN at step 3" in text
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "records.json").read_text())
+    assert len(saved) == 12 and saved[-1]["error"] == "loss is NaN at step 3"
+
+
+def test_report_refuses_when_every_run_failed(tmp_path):
+    records = [record("moco", "uniform", 0, 0, error="boom"), record("moco", "ring", 0, 0, "x")]
+    with pytest.raises(StudyError, match="every run failed"):
+        write_report(records, {}, tmp_path, "cmd", "desc")
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_unfair_pair_is_refused_naming_the_key():
+    uniform = {"optim": {"batch_size": 256, "epochs": 4}, "sampler": {"name": "uniform"}}
+    ring = {"optim": {"batch_size": 128, "epochs": 4}, "sampler": {"name": "ring"}}
+    with pytest.raises(StudyError, match="differ in optim.batch_size"):
+        check_same_budget("moco", uniform, ring)
+    ring["optim"]["batch_size"] = 256
+    check_same_budget("moco", uniform, ring)  # only the sampler differs: fair
