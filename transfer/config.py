@@ -91,8 +91,10 @@ def merge_overrides(cfg, opts, source):
 
 def read_converted_weights_config(weights):
     """``d2_config`` of the converter's json beside ``weights``, or None when there is none."""
+    if not weights or "://" in weights:
+        return None
     path = converted_weights_config_path(weights)
-    if not weights or "://" in weights or not path.is_file():
+    if not path.is_file():
         return None
     try:
         report = json.loads(path.read_text())
