@@ -180,7 +180,7 @@ def write_csv(spec, outcomes, path):
             row = [checkpoint]
             for column in columns:
                 cell = cells.get((checkpoint, column)) or Cell()
-                row += [f"{cell.mean:.4f}", f"{cell.std:.4f}", len(cell.values)]
+                row += [cell.mean, cell.std, len(cell.values)]
             writer.writerow(row)
 
 

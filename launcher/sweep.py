@@ -168,9 +168,16 @@ def is_finished(run, sweep_dir):
 
 def _queued_job_ids():
     """Ids of jobs Slurm still holds (pending or running), to avoid submitting a run twice."""
-    listing = subprocess.run(
-        ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, check=False
-    ).stdout
+    try:
+        listing = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()  # no answer: submission itself will then say what is wrong
     return {line.strip() for line in listing.splitlines() if line.strip()}
 
 
