@@ -282,6 +282,10 @@ def _without_layer3(state):
     return {k: v for k, v in state.items() if not k.startswith("layer3.")}
 
 
+def _without_fc(state):
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
 def _vit_state():
     return {
         "cls_token": torch.zeros(1, 1, 192),
@@ -311,6 +315,12 @@ def _write_bad_input(tmp_path, kind):
     elif kind == "cifar stem":
         net = build_backbone("resnet18", width=0.25, stem="cifar")
         torch.save(backbone_state_dict(net), path)
+    elif kind == "detectron2 model":
+        state = weights.to_detectron2_names(_without_fc(resnet18.state_dict()))
+        torch.save({"model": {f"backbone.bottom_up.{k}": v for k, v in state.items()}}, path)
+    elif kind == "moco without key encoder":
+        state = {f"module.encoder_q.{k}": v for k, v in resnet18.state_dict().items()}
+        torch.save({"state_dict": state}, path)
     elif kind == "not found":
         pass
     return path
@@ -326,7 +336,10 @@ BAD_INPUTS = {
     "resnext": "grouped convolution",
     "cifar stem": "CIFAR-style stem",
     "not found": "checkpoint not found",
+    "detectron2 model": "already has Detectron2 names",
+    "moco without key encoder": "none or several of them the key encoder",
 }
+ENCODER_OF_BAD_INPUT = {"moco without key encoder": "key"}
 
 
 def _assert_refused_and_nothing_written(tmp_path, src, match, **kwargs):
@@ -343,7 +356,15 @@ def _assert_refused_and_nothing_written(tmp_path, src, match, **kwargs):
 @pytest.mark.parametrize("kind", sorted(BAD_INPUTS))
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, kind):
     src = _write_bad_input(tmp_path, kind)
-    _assert_refused_and_nothing_written(tmp_path, src, BAD_INPUTS[kind])
+    encoder = ENCODER_OF_BAD_INPUT.get(kind)
+    _assert_refused_and_nothing_written(tmp_path, src, BAD_INPUTS[kind], encoder=encoder)
+
+
+def test_converted_weights_given_back_are_recognised(tmp_path):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
+    report = convert(tmp_path / "tv.pth", tmp_path / "d2.pkl", verify=False)
+    assert report["verified"] is False and "verification" not in report
+    _assert_refused_and_nothing_written(tmp_path, tmp_path / "d2.pkl", "need no conversion")
 
 
 def test_cmc_is_refused_with_the_reason(tmp_path):

@@ -121,6 +121,11 @@ def load_checkpoint(path: Path):
 def _load_failure_message(path: Path, error: Exception) -> str:
     if _looks_like_text(path):
         return f"{path} is a text file, not a PyTorch checkpoint: give a file written by torch.save"
+    if path.suffix == ".pkl":
+        return (
+            f"{path} is a plain pickle (.pkl), e.g. converted Detectron2 weights, which need no "
+            "conversion: give the torch.save checkpoint (.pth) it came from"
+        )
     if "Weights only load failed" in str(error):
         unsafe = _unsafe_globals(path)
         objects = f"Python objects ({', '.join(unsafe[:3])})" if unsafe else "content"
@@ -155,8 +160,12 @@ def _looks_like_text(path: Path) -> bool:
 def _prefixes_of_resnets(state: dict) -> list[str]:
     """Every prefix P under which P + 'conv1.weight' and P + 'layer1.0.conv1.weight' exist."""
     anchor = "layer1.0.conv1.weight"
-    prefixes = [key[: -len(anchor)] for key in state if key.endswith(anchor)]
+    prefixes = [key[: -len(anchor)] for key in _string_keys(state) if key.endswith(anchor)]
     return sorted(p for p in prefixes if f"{p}conv1.weight" in state)
+
+
+def _string_keys(state: dict) -> list[str]:
+    return [key for key in state if isinstance(key, str)]
 
 
 def _format_of_prefix(prefix: str) -> str:
@@ -175,21 +184,30 @@ def _tensor_dicts(obj: dict):
             yield f"['{name}']", obj[name]
 
 
+MOCO_ENCODER_PREFIXES = {"query": "encoder_q.", "key": "encoder_k."}
+
+
 def _choose_prefix(prefixes: list[str], encoder: str | None, path: Path) -> str:
-    if len(prefixes) == 1:
-        if encoder not in (None, "query") and _format_of_prefix(prefixes[0]) != "moco":
+    """The one ResNet to convert; MoCo's query encoder unless --encoder says otherwise."""
+    moco = [p for p in prefixes if _format_of_prefix(p) == "moco"]
+    if encoder is not None and encoder not in MOCO_ENCODER_PREFIXES:
+        raise ConversionError(
+            f"--encoder {encoder!r} is not query or key, the encoders a state dict can hold"
+        )
+    if len(prefixes) == 1 and not moco:
+        if encoder not in (None, "query"):
             raise ConversionError(
                 f"--encoder {encoder}: {path} holds a single ResNet (prefix "
                 f"'{prefixes[0]}'); omit --encoder"
             )
         return prefixes[0]
-    wanted = {"query": "encoder_q.", "key": "encoder_k.", None: "encoder_q."}.get(encoder)
-    matches = [p for p in prefixes if wanted and p.endswith(wanted)]
+    wanted = MOCO_ENCODER_PREFIXES[encoder or "query"]
+    matches = [p for p in moco if p.endswith(wanted)]
     if len(matches) == 1:
         return matches[0]
     raise ConversionError(
-        f"{path} holds several ResNets (prefixes {', '.join(repr(p) for p in prefixes)}) "
-        "and --encoder does not pick one: use --encoder query or --encoder key (MoCo)"
+        f"{path} holds ResNets under prefixes {', '.join(repr(p) for p in prefixes)}, none or "
+        f"several of them the {encoder or 'query'} encoder: pick another --encoder or --format"
     )
 
 
@@ -201,8 +219,9 @@ def _source_from_state_dict(obj: dict, fmt: str, encoder: str | None, path: Path
         if not prefixes:
             continue
         prefix = _choose_prefix(prefixes, encoder, path)
-        backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        dropped = [k for k in state if not k.startswith(prefix)]
+        keys = _string_keys(state)
+        backbone = {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
+        dropped = [k for k in keys if not k.startswith(prefix)]
         dropped += [prefix + k for k in backbone if k.startswith("fc.")]
         backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
         detected = _format_of_prefix(prefix)
@@ -285,16 +304,22 @@ def read_source(path: Path, fmt: str = "auto", encoder: str | None = None) -> So
         )
     source = None if is_ring_nce else _source_from_state_dict(obj, fmt, encoder, path)
     if source is None:
-        wanted = "ResNet" if fmt == "auto" else f"{fmt}-style ResNet"
-        raise ConversionError(
-            f"{path} holds no {wanted} (no keys like 'conv1.weight' + 'layer1.0.conv1.weight'; "
-            f"found {_describe_keys(_all_keys(obj))}): only ResNet checkpoints convert"
-        )
+        raise ConversionError(_no_resnet_message(path, obj, fmt))
     return source
 
 
-def _all_keys(obj: dict) -> list[str]:
-    return [key for _, state in _tensor_dicts(obj) for key in state][:50] or ["nothing"]
+def _no_resnet_message(path: Path, obj: dict, fmt: str) -> str:
+    keys = [str(key) for _, state in _tensor_dicts(obj) for key in state]
+    if any(key.endswith("stem.conv1.weight") for key in keys):
+        return (
+            f"{path} already has Detectron2 names (stem.conv1, res2..res5): it needs no conversion "
+            "(give it to MODEL.WEIGHTS), or convert the pretraining checkpoint it came from"
+        )
+    wanted = "ResNet" if fmt == "auto" else f"{fmt}-style ResNet"
+    return (
+        f"{path} holds no {wanted} (no keys like 'conv1.weight' + 'layer1.0.conv1.weight'; "
+        f"found {_describe_keys(keys[:50] or ['nothing'])}): only ResNet checkpoints convert"
+    )
 
 
 # ---------------------------------------------------------------- architecture
