@@ -438,3 +438,24 @@ def test_verification_catches_keys_detectron2_would_not_load(tmp_path, monkeypat
         weights, "detectron2_name", lambda name: real_name(name).replace("shortcut.", "proj.")
     )
     _assert_refused_and_nothing_written(tmp_path, tmp_path / "tv.pth", "missing res3.0.shortcut")
+
+
+# ---------------------------------------------------------------- checkpoints of the real trainer
+
+
+@pytest.mark.parametrize("method", ["moco", "ir", "simclr", "cmc"])
+def test_checkpoint_written_by_the_trainer(tmp_path, tiny_config, method):
+    from pretrain.trainer import train
+
+    tiny_config["method"] = method
+    tiny_config["model"]["stem"] = "imagenet"  # the stem Detectron2 can express
+    tiny_config["optim"]["epochs"] = 1
+    train(tiny_config)
+    last = tmp_path / "run" / "checkpoints" / "last.pth"
+    if method == "cmc":
+        _assert_refused_and_nothing_written(tmp_path, last, "nonlinear function of RGB")
+        return
+    report = convert(last, tmp_path / "d2.pkl")
+    assert report["format"] == "ring-nce" and f"method {method}" in report["detected"]
+    assert_verified(report)
+    assert report["d2_config"]["MODEL.RESNETS.STEM_OUT_CHANNELS"] == 8  # width 0.125
