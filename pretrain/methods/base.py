@@ -29,8 +29,9 @@ def backbone_from_config(model_cfg, in_channels=3):
 
 
 def embed(backbone, head, images):
-    """Unit-norm embeddings in float32 (AMP may compute the network in bf16)."""
-    return F.normalize(head(backbone(images)).float(), dim=1)
+    """Unit-norm embeddings; bf16 from AMP is lifted to float32 before the loss."""
+    z = head(backbone(images))
+    return F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)
 
 
 def sampled_contrast(anchor, positive, negatives, sampler, temperature):

@@ -49,6 +49,8 @@ class MoCo(ContrastiveMethod):
     def momentum_update(self):
         query_params = [*self.query.parameters(), *self.head_q.parameters()]
         key_params = [*self.key.parameters(), *self.head_k.parameters()]
+        if not key_params:  # parameter-free encoders (tests) have nothing to average
+            return
         torch._foreach_mul_(key_params, self.momentum)
         torch._foreach_add_(
             key_params, [p.detach() for p in query_params], alpha=1.0 - self.momentum
