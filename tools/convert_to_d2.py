@@ -5,7 +5,10 @@
         [--format auto|ring-nce|moco|backbone|torchvision] [--pixel-mean R G B --pixel-std R G B]
 
 Writes OUT.pkl and OUT.json (report + the Detectron2 config keys a transfer run must set) only
-when conversion and verification succeed. See transfer/weights.py.
+when conversion and verification succeed. CMC checkpoints are refused: their encoders read Lab
+channels and L is a nonlinear function of RGB, so no RGB first convolution reproduces them. A
+CIFAR-stem network is refused too (Detectron2's stem is 7x7 stride 2 + max-pool). See
+transfer/weights.py.
 """
 
 import argparse

@@ -35,10 +35,7 @@ from torch import nn
 
 from pretrain.backbones import build_backbone
 from pretrain.errors import PretrainError
-from transfer.weights_backbone import (
-    RESNET_FPN_BACKBONE_NAME,
-    build_ring_resnet_backbone,
-)
+from transfer.modeling import build_any_width_resnet_backbone
 
 RING_NCE_FORMAT = "ring-nce-pretrain"
 RING_NCE_VERSION = 1
@@ -485,9 +482,6 @@ def detectron2_config(layout: ResNetLayout, mean, std, input_format: str = "RGB"
     }
     if layout.block == "bottleneck":
         config["MODEL.RESNETS.WIDTH_PER_GROUP"] = layout.bottleneck_channels
-    elif layout.res2_channels != 64:
-        # Detectron2's own builder insists on 64 channels for ResNet-18/34.
-        config["MODEL.BACKBONE.NAME"] = RESNET_FPN_BACKBONE_NAME
     return config
 
 
@@ -532,9 +526,15 @@ def build_detectron2_resnet(config: dict) -> nn.Module:
     cfg.MODEL.RESNETS.NORM = "BN"  # BN keeps num_batches_tracked, so every file key is checked
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-    if cfg.MODEL.BACKBONE.NAME == RESNET_FPN_BACKBONE_NAME:
-        return build_ring_resnet_backbone(cfg, input_shape)
+    if layout_is_narrow_basic(cfg.MODEL.RESNETS):
+        # Detectron2's builder asserts 64 res2 channels for ResNet-18/34; transfer runs build
+        # these with transfer.modeling's builder (Detectron2's own blocks), so verify with it.
+        return build_any_width_resnet_backbone(cfg, input_shape)
     return build_resnet_backbone(cfg, input_shape)
+
+
+def layout_is_narrow_basic(resnets_cfg) -> bool:
+    return resnets_cfg.DEPTH in (18, 34) and resnets_cfg.RES2_OUT_CHANNELS != 64
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
