@@ -1,0 +1,99 @@
+"""The benchmark scripts run end to end on tiny shapes (so they cannot rot), and refuse bad input.
+
+Scripts are loaded in-process from their files (one torch import for all) with one CPU thread:
+a quick figure, not a measurement. Nothing here asserts a speed.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pretrain.errors import PretrainError
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_count():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ring_selection_smoke_agrees_and_reports_every_case(tmp_path, capsys):
+    script = load_script("ring_selection")
+    out = tmp_path / "ring.json"
+    assert (
+        script.main(["--preset", "smoke", "--devices", "cpu", "--threads", "1", "--json", str(out)])
+        == 0
+    )
+    report = json.loads(out.read_text())
+    cases = {(row["shape"], row["pass"]) for row in report["rows"]}
+    assert cases == {(s, p) for s in ("moco", "ir") for p in ("forward", "forward+backward")}
+    for row in report["rows"]:
+        assert row["loss_max_diff"] <= 1e-4 and row["grad_max_diff"] <= 1e-4
+        assert row["loss_ring"] != pytest.approx(row["loss_uniform"])  # the ring really selects
+        assert all(row[f"{name}_s"] > 0 for name in script.VARIANTS)
+    assert "ring/unif" in capsys.readouterr().out
+
+
+def test_ring_selection_check_catches_a_loss_that_differs_from_the_reference():
+    script = load_script("ring_selection")
+    shape = script.PRESETS["smoke"]["shapes"][0]
+    functions, ranks = script.loss_functions(shape, {"upper": 0.1, "lower_ratio": 0.1})
+    functions["ring"] = functions["uniform"]  # a "ring" that keeps every negative
+    inputs = script.make_inputs(shape, torch.device("cpu"))
+    with pytest.raises(PretrainError, match="losses disagree"):
+        script.check_agreement(shape, functions, ranks, inputs)
+
+
+def test_train_throughput_smoke_measures_both_feeds(tmp_path):
+    script = load_script("train_throughput")
+    out = tmp_path / "throughput.json"
+    assert script.main(["--preset", "smoke", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [row["method"] for row in report["rows"]] == ["moco", "ring-moco"]
+    for row in report["rows"]:
+        assert row["synthetic_images_per_second"] > 0 and row["loader_images_per_second"] > 0
+        assert row["loader_over_synthetic"] == pytest.approx(
+            row["loader_images_per_second"] / row["synthetic_images_per_second"]
+        )
+    assert report["setup"]["mean_jpeg_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("ring_selection", ["--devices", "tpu"], "unknown device 'tpu'"),
+        ("ring_selection", ["--preset", "smoke", "--upper", "2"], "sampler.upper"),
+        ("train_throughput", ["--methods", "simclr"], "unknown method 'simclr'"),
+        ("train_throughput", ["--preset", "smoke", "--steps", "0"], "--steps must be >= 1"),
+    ],
+)
+def test_bad_options_give_one_line_errors(name, argv, message, capsys):
+    assert load_script(name).main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_empty_jpeg_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    script = load_script("train_throughput")
+    assert script.main(["--preset", "smoke", "--data-dir", str(tmp_path)]) == 2
+    assert "holds no .jpg images" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without GPU")
+def test_gpu_preset_without_gpu_is_refused(capsys):
+    assert load_script("train_throughput").main(["--preset", "gpu"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
