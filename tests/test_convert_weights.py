@@ -361,6 +361,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, kind):
     _assert_refused_and_nothing_written(tmp_path, src, BAD_INPUTS[kind], encoder=encoder)
 
 
+def test_a_missing_tensor_is_refused_even_without_verification(tmp_path):
+    state = torchvision.models.resnet50(weights=None).state_dict()
+    del state["layer3.2.bn1.running_var"]
+    torch.save(state, tmp_path / "tv.pth")
+    _assert_refused_and_nothing_written(
+        tmp_path, tmp_path / "tv.pth", "missing res4.2.conv1.norm.running_var", verify=False
+    )
+
+
 def test_converted_weights_given_back_are_recognised(tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "tv.pth")
     report = convert(tmp_path / "tv.pth", tmp_path / "d2.pkl", verify=False)

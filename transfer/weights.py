@@ -322,10 +322,20 @@ def _no_resnet_message(path: Path, obj: dict, fmt: str) -> str:
 # ---------------------------------------------------------------- architecture
 
 
+def _check_all_tensors(state: dict) -> None:
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ConversionError(
+            f"backbone entries {_describe_keys(not_tensors)} are not tensors: the checkpoint is "
+            "corrupt; re-export it"
+        )
+
+
 def _blocks_per_stage(state: dict) -> tuple[int, ...]:
     counts = []
     for stage in range(1, 5):
-        indices = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")}
+        block_key = re.compile(rf"^layer{stage}\.(\d+)\.")
+        indices = {int(m.group(1)) for k in state if (m := block_key.match(k))}
         if not indices or indices != set(range(len(indices))):
             raise ConversionError(
                 f"the checkpoint's layer{stage} is missing or has gaps (blocks "
@@ -357,6 +367,8 @@ def infer_layout(state: dict) -> ResNetLayout:
             f"unsupported ResNet layout ({block} blocks {list(counts)}): "
             "convert resnet18, 34, 50, 101 or 152"
         )
+    if "layer1.0.conv2.weight" not in state:  # conv3 defines bottlenecks, conv2 every block
+        raise ConversionError("the checkpoint lacks layer1.0.conv2.weight: it is truncated")
     inner = state["layer1.0.conv1.weight"].shape[0]
     if state["layer1.0.conv2.weight"].shape[1] != inner:
         raise ConversionError(
@@ -572,8 +584,9 @@ def check_key_coverage(converted: dict, resnet: nn.Module) -> None:
     missing, unused = sorted(expected - set(converted)), sorted(set(converted) - expected)
     if missing or unused:
         raise ConversionError(
-            f"converted weights do not cover Detectron2's ResNet: missing "
-            f"{_describe_keys(missing) or 'none'}; unused {_describe_keys(unused) or 'none'}"
+            f"the checkpoint does not fill Detectron2's ResNet exactly: missing "
+            f"{_describe_keys(missing) or 'none'}; unused {_describe_keys(unused) or 'none'}; "
+            "the file is incomplete or not a plain ResNet: re-export it"
         )
 
 
@@ -608,9 +621,8 @@ def compare_outputs(net: nn.Module, resnet: nn.Module) -> dict:
     }
 
 
-def verify_conversion(weights_path: Path, converted: dict, source, layout, config) -> dict:
-    resnet = build_detectron2_resnet(config)
-    check_key_coverage(converted, resnet)
+def verify_conversion(weights_path: Path, resnet: nn.Module, source, layout) -> dict:
+    """Load the written file into Detectron2's ResNet and compare it with the source network."""
     load_like_a_detector(weights_path, resnet)
     result = compare_outputs(build_source_network(source, layout), resnet)
     if not result["max_abs_diff"] <= TOLERANCE:  # written so that NaN fails too
@@ -658,11 +670,14 @@ def convert(
     src, out = Path(src), Path(out)
     _check_output_path(out)
     source = read_source(src, fmt=fmt, encoder=encoder)
+    _check_all_tensors(source.state_dict)
     layout = infer_layout(source.state_dict)
     check_layout_matches_meta(layout, source.meta)
     mean, std, stats_origin = _pixel_stats(source, pixel_mean, pixel_std)
     config = detectron2_config(layout, mean, std, _input_format(source))
     converted = to_detectron2_names(_fill_batch_counters(source.state_dict))
+    resnet = build_detectron2_resnet(config)
+    check_key_coverage(converted, resnet)  # cheap, so even --no-verify gets it
     payload = {"model": to_numpy(converted), "__author__": AUTHOR, "matching_heuristics": True}
     report = {
         "source": str(src),
@@ -684,9 +699,7 @@ def convert(
         with open(weights_tmp, "wb") as handle:
             pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
         if verify:
-            report["verification"] = verify_conversion(
-                weights_tmp, converted, source, layout, config
-            )
+            report["verification"] = verify_conversion(weights_tmp, resnet, source, layout)
         report["seconds"] = round(time.perf_counter() - started, 3)
         report_tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(weights_tmp, out)
