@@ -85,7 +85,12 @@ def merge_overrides(cfg, opts, source):
         cfg.merge_from_list(list(opts))
     except KeyError as error:
         raise unknown_key_error(error, source, cfg) from error
-    except (ValueError, AssertionError) as error:
+    except AssertionError as error:
+        # yacs reports an unknown key in a KEY VALUE list as an assertion
+        if str(error).startswith("Non-existent key"):
+            raise unknown_key_error(error, source, cfg) from error
+        raise TransferError(f"invalid override in {source}: {error}") from error
+    except ValueError as error:
         raise TransferError(f"invalid override in {source}: {error}") from error
 
 

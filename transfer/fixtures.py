@@ -110,6 +110,9 @@ def voc_annotation_xml(image, annotations, category_names):
         x, y, w, h = annotation["bbox"]
         obj = ElementTree.SubElement(root, "object")
         ElementTree.SubElement(obj, "name").text = category_names[annotation["category_id"]]
+        # Detectron2's VOC evaluator reads pose and truncated too
+        ElementTree.SubElement(obj, "pose").text = "Unspecified"
+        ElementTree.SubElement(obj, "truncated").text = "0"
         ElementTree.SubElement(obj, "difficult").text = "0"
         box = ElementTree.SubElement(obj, "bndbox")
         corners = (("xmin", x + 1), ("ymin", y + 1), ("xmax", x + w), ("ymax", y + h))
@@ -120,7 +123,11 @@ def voc_annotation_xml(image, annotations, category_names):
 
 def write_labelme_voc(source, target):
     coco = json.loads((source / "annotations.json").read_text())
-    category_names = {category["id"]: category["name"] for category in coco["categories"]}
+    # labelme spells two VOC classes "potted plant" and "tv/monitor"
+    category_names = {
+        category["id"]: category["name"].replace(" ", "").replace("/", "")
+        for category in coco["categories"]
+    }
     (target / "Annotations").mkdir()
     (target / "JPEGImages").mkdir()
     (target / "ImageSets" / "Main").mkdir(parents=True)
@@ -138,7 +145,7 @@ def write_labelme_voc(source, target):
 
 
 def labelme_voc_path():
-    return fixtures_dir() / "labelme_voc_v1"
+    return fixtures_dir() / "labelme_voc_v2"
 
 
 def labelme_voc_dir():
@@ -231,10 +238,13 @@ def write_keypoints_coco(target, num_images, size, seed):
     (target / "images").mkdir()
     images, annotations = [], []
     for image_id in range(num_images):
-        image, image_annotations = draw_keypoint_image(rng, size, image_id, len(annotations))
+        # pycocotools treats id 0 as "no match": COCO ids start at 1
+        image, image_annotations = draw_keypoint_image(
+            rng, size, image_id + 1, len(annotations) + 1
+        )
         file_name = f"images/{image_id:04d}.png"
         image.save(target / file_name)
-        images.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+        images.append({"id": image_id + 1, "file_name": file_name, "width": size, "height": size})
         annotations += image_annotations
     category = {
         "id": 1,
@@ -248,7 +258,7 @@ def write_keypoints_coco(target, num_images, size, seed):
 
 
 def keypoints_coco_path(num_images, size, seed):
-    return fixtures_dir() / f"keypoints_coco_v1_n{num_images}_s{size}_seed{seed}"
+    return fixtures_dir() / f"keypoints_coco_v2_n{num_images}_s{size}_seed{seed}"
 
 
 def keypoints_coco_dir(num_images=8, size=128, seed=0):
