@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "none"))
     parser.add_argument("--dataset", help="config suffix: fmnist, cifar10, stl10, imagenet")
     parser.add_argument("--methods", nargs="+", help="subset of ir cmc moco simclr")
     parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
