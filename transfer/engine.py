@@ -7,6 +7,7 @@ to ``OUTPUT_DIR/results.json`` (AP per task of the first test dataset) beside De
 """
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -19,6 +20,7 @@ from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.modeling.backbone.resnet import ResNet
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import transfer.modeling  # noqa: F401  (registers our backbones and ROI heads)
 from transfer.config import TransferError, build_config, notice
@@ -150,9 +152,22 @@ def write_results(output_dir, results):
     notice(f"wrote {path}: " + ", ".join(f"{t} AP {r.get('AP')}" for t, r in results.items()))
 
 
+def setup_run_logging(cfg, config_file, resume, eval_only):
+    """Detectron2's ``default_setup``, logging once per line to this run's ``log.txt``.
+
+    ``default_setup`` adds stdout and file handlers for every new OUTPUT_DIR; without clearing
+    them, several runs in one process (the demo, tests) print each line once per earlier run.
+    """
+    for name in ("detectron2", "fvcore"):
+        logging.getLogger(name).handlers.clear()
+    setup_logger.cache_clear()
+    args = SimpleNamespace(config_file=str(config_file), resume=resume, eval_only=eval_only)
+    default_setup(cfg, args)
+
+
 def run_in_process(cfg, config_file, resume, eval_only):
     """One Detectron2 worker: train (or evaluate) and return the task results."""
-    default_setup(cfg, SimpleNamespace(config_file=config_file, resume=resume, eval_only=eval_only))
+    setup_run_logging(cfg, config_file, resume, eval_only)
     prepare_datasets(cfg)  # spawned workers start with empty catalogs
     if eval_only:
         model = Trainer.build_model(cfg)
