@@ -6,6 +6,7 @@ fine-tune Mask R-CNN on the real labelme VOC photos and Keypoint R-CNN on the ge
 keypoints fixture, and print one table. Everything lands under one run folder.
 """
 
+import contextlib
 import json
 import os
 import sys
@@ -39,8 +40,8 @@ class Budget:
 
 
 FULL = Budget(
-    train_images=12000,
-    epochs=3,
+    train_images=10000,
+    epochs=2,
     eval_train_images=10000,
     eval_test_images=2000,
     mask_iters=40,
@@ -49,7 +50,7 @@ FULL = Budget(
 FAST = Budget(
     train_images=2048,
     epochs=1,
-    eval_train_images=2000,
+    eval_train_images=1000,
     eval_test_images=500,
     mask_iters=4,
     keypoint_iters=3,
@@ -59,11 +60,16 @@ FAST = Budget(
 class Progress:
     def __init__(self, total):
         self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.stream = sys.stdout  # kept while Detectron2's output is redirected to its log
 
     def step(self, text):
         self.done += 1
         elapsed = time.perf_counter() - self.started
-        print(f"[demo {self.done}/{self.total} | {elapsed:5.0f}s] {text}", flush=True)
+        print(
+            f"[demo {self.done}/{self.total} | {elapsed:5.0f}s] {text}",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def pretrain_overrides(run_dir, sampler, budget):
@@ -137,15 +143,26 @@ def run_transfer(run_dir, converted, budget, progress):
         ("keypoints", "tiny_keypoint_rcnn_R50_FPN.yaml", budget.keypoint_iters),
     )
     results = {}
-    for sampler, (weights, _) in converted.items():
-        results[sampler] = {}
-        for task, config, iters in tasks:
-            output_dir = run_dir / "transfer" / f"{sampler}_moco" / task
-            config_file = REPO / "configs" / "transfer" / config
-            results[sampler][task] = run_transfer_config(
-                config_file, transfer_opts(weights, output_dir, iters)
-            )
-            progress.step(f"fine-tuned {task} R-CNN from {sampler}-MoCo ({iters} iterations)")
+    log_path = run_dir / "transfer" / "detectron2.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[demo] Detectron2's own log goes to {log_path}", flush=True)
+    # Detectron2 logs every loaded tensor and per-category table to stdout: keep the demo's
+    # progress readable and the full log on disk.
+    with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+        for sampler, (weights, _) in converted.items():
+            results[sampler] = {}
+            for task, config, iters in tasks:
+                output_dir = run_dir / "transfer" / f"{sampler}_moco" / task
+                config_file = str(REPO / "configs" / "transfer" / config)
+                results[sampler][task] = run_transfer_config(
+                    config_file, transfer_opts(weights, output_dir, iters)
+                )
+                progress.step(
+                    f"fine-tuned {task} R-CNN from {sampler}-MoCo ({iters} iterations): "
+                    + ", ".join(
+                        f"{t} AP {fmt(r.get('AP'))}" for t, r in results[sampler][task].items()
+                    )
+                )
     return results
 
 
