@@ -32,12 +32,17 @@ class Cell:
     values: list = field(default_factory=list)
 
     @property
+    def undefined(self):
+        # one NaN seed (a model that predicted nothing) makes the summary NaN, visibly
+        return not self.values or any(math.isnan(value) for value in self.values)
+
+    @property
     def mean(self):
-        return statistics.fmean(self.values) if self.values else math.nan
+        return math.nan if self.undefined else statistics.fmean(self.values)
 
     @property
     def std(self):
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+        return math.nan if self.undefined or len(self.values) < 2 else statistics.stdev(self.values)
 
 
 def _read_json(path):
@@ -132,7 +137,7 @@ def format_cell(cell, seeds_planned):
     if cell is None or not cell.values:
         return "-"
     text = f"{cell.mean:.2f}"
-    if len(cell.values) > 1:
+    if len(cell.values) > 1 and not cell.undefined:
         text += f" ± {cell.std:.2f}"
     if len(cell.values) < seeds_planned:
         text += f" ({len(cell.values)}/{seeds_planned} seeds)"

@@ -99,6 +99,8 @@ def make_executor(cluster, folder, resources):
         slurm_qos=resources.qos,
         slurm_constraint=resources.constraint,
         slurm_array_parallelism=resources.array_parallelism,
+        # one log per job: a failure's traceback sits beside what led to it
+        stderr_to_stdout=True,
     )
     return executor
 

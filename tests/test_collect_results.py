@@ -122,11 +122,12 @@ def test_csv_and_png_are_written(tmp_path):
 def test_nan_scores_stay_visible(tmp_path):
     root = tmp_path / "sweep"
     root.mkdir()
-    spec = {**SPEC, "checkpoints": {"ring": {"path": "/c"}}, "seeds": [0]}
+    spec = {**SPEC, "checkpoints": {"ring": {"path": "/c"}}, "seeds": [0, 1]}
     (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    directory = Run("ring", "mask", 0).directory(root)
-    directory.mkdir(parents=True)
-    (directory / "results.json").write_text(json.dumps({"bbox": {"AP": None, "AP50": None}}))
+    for seed, ap in ((0, None), (1, 12.5)):
+        directory = Run("ring", "mask", seed).directory(root)
+        directory.mkdir(parents=True)
+        (directory / "results.json").write_text(json.dumps({"bbox": {"AP": ap, "AP50": None}}))
     markdown, missing = write_reports(root)
     assert missing == []
     assert "| ring | nan | nan |" in markdown

@@ -11,8 +11,8 @@
 #   SLURM_LOCAL_DIR  state, logs and PID files (default ${TMPDIR:-/tmp}/ring-nce-slurm)
 #   WAIT_TIMEOUT     seconds to wait for each daemon and for the node (default 60)
 #   MYSQL_PORT       MariaDB port on 127.0.0.1 (default 3306)
-# Exit status: 0 ready, 1 a daemon failed (its log is named), 3 the Debian packages are missing
-# and cannot be installed here (not root / no apt-get): callers may skip on 3.
+# Exit status: 0 ready, 1 a daemon failed (its log is named), 3 this machine cannot host it (not
+# root, or the Debian packages are missing and cannot be installed): callers may skip on 3.
 set -euo pipefail
 ROOT=${SLURM_LOCAL_DIR:-${TMPDIR:-/tmp}/ring-nce-slurm}
 WAIT_TIMEOUT=${WAIT_TIMEOUT:-60}
@@ -87,12 +87,12 @@ start_munge() {
 }
 
 write_slurm_conf() {
-  local cpus mem topology
-  cpus=$(nproc)
+  local mem topology
   mem=$(($(free -m | awk '/^Mem:/{print $2}') * 85 / 100))
-  # the topology slurmd itself detects, so the node is not drained for a mismatch
+  # the CPUs and topology slurmd itself detects (not nproc, which OMP_NUM_THREADS lowers):
+  # a mismatch drains the node or stops slurmctld
   topology=$(slurmd -C | head -1 | tr ' ' '\n' \
-    | grep -E '^(SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
+    | grep -E '^(CPUs|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' ')
   cat >"$ROOT/slurm.conf" <<EOF
 # written by tools/slurm/start_local_slurm.sh (ring-nce); state under $ROOT
 ClusterName=ringnce
@@ -133,7 +133,7 @@ MinJobAge=300
 KillWait=5
 Waittime=0
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus ${topology}RealMemory=$mem State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 ${topology}RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
   # the client commands (sbatch, sacct, ...) read /etc/slurm/slurm.conf
@@ -218,6 +218,11 @@ start_slurm_daemons() {
 await_node_ready() {
   local state="" deadline=$((SECONDS + WAIT_TIMEOUT))
   while [ $SECONDS -lt $deadline ]; do
+    local daemon
+    for daemon in slurmctld slurmd; do
+      is_ours "$RUN/$daemon.pid" $daemon \
+        || die "$daemon exited: $(grep -h 'fatal' "$LOG/$daemon.log" | tail -1); read $LOG/$daemon.log"
+    done
     state=$(sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
     case "$state" in
       idle | mixed | allocated | completing) say "node $NODE is $state: cluster ready"; return 0 ;;
@@ -229,6 +234,7 @@ await_node_ready() {
   die "node $NODE not ready after ${WAIT_TIMEOUT}s (state '$state'); read $LOG/slurmd.log"
 }
 
+[ "$(id -u)" = 0 ] || die "needs root (it writes /etc/slurm and starts the daemons as root)" 3
 install_packages
 mkdir -p "$RUN" "$LOG" "$ROOT/state" "$ROOT/spool"
 start_munge

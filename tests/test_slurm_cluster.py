@@ -1,0 +1,328 @@
+"""The launcher on a real one-node Slurm cluster (munge, slurmdbd + MariaDB, slurmctld, slurmd)
+started by tools/slurm/start_local_slurm.sh for this module and stopped at its end.
+
+Covered: the start script's idempotence and repair, a preempted job that requeues and resumes
+to the uninterrupted result, cancellation, one-line errors for an unreachable controller and
+for a GPU request on a GPU-less node, a pretraining job, and a transfer sweep submitted as one
+job array (conversion as its dependency) with a failing task reported beside the finished ones,
+plus the same sweep with ``--cluster local``.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.collect import write_reports
+from launcher.errors import LauncherError
+from launcher.executors import Resources, make_executor, submit, unique_log_folder
+from launcher.probe import ProbeJob, read_progress
+from launcher.sweep import load_sweep, submit_sweep
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+START = REPO / "tools" / "slurm" / "start_local_slurm.sh"
+STOP = REPO / "tools" / "slurm" / "stop_local_slurm.sh"
+TINY_TRANSFER = REPO / "configs" / "transfer" / "tiny_mask_rcnn_R50_FPN.yaml"
+# one CPU per job: the two-core node runs two jobs at once
+SMALL = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=3, timeout_min=15, array_parallelism=2)
+
+
+def run_script(script, **env):
+    return subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("not a Debian system: the local Slurm cluster needs Debian packages")
+    started = run_script(START)
+    if started.returncode == 3:
+        pytest.skip(f"local Slurm cluster unavailable: {started.stdout.strip().splitlines()[-1]}")
+    assert started.returncode == 0, started.stdout + started.stderr
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # jobs inherit the submitting environment
+    yield tmp_path_factory.mktemp("slurm")
+    if saved is None:
+        os.environ.pop("OMP_NUM_THREADS")
+    else:
+        os.environ["OMP_NUM_THREADS"] = saved
+    stopped = run_script(STOP)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def sacct_states(job_id, duplicates=False):
+    """Every accounting record's state for a job (with -D: each requeued run too)."""
+    command = ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "JobID,State"]
+    listing = subprocess.run(
+        command + (["-D"] if duplicates else []), capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split("|")[1].split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def squeue_lists(job_id):
+    listing = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    return job_id in listing.split()
+
+
+def settled_states(job_id, duplicates=False, timeout=60):
+    """sacct's states once the job has left the queue (the result pickle is written while the
+    job step is still RUNNING in accounting)."""
+    unsettled = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING"}
+    wait_until(
+        lambda: sacct_states(job_id)[-1:] and sacct_states(job_id)[-1] not in unsettled,
+        timeout,
+        f"job {job_id} to leave the queue",
+    )
+    return sacct_states(job_id, duplicates)
+
+
+def probe_executor(folder, **changes):
+    resources = Resources(job_name="probe", **{**SMALL, **changes})
+    return make_executor("slurm", unique_log_folder(folder, "probe"), resources), resources
+
+
+def test_start_is_idempotent_and_restarts_a_dead_daemon(cluster):
+    again = run_script(START)
+    assert again.returncode == 0, again.stdout
+    assert "cluster ready" in again.stdout and "started" not in again.stdout
+    run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ring-nce-slurm" / "run"
+    pid = int((run_dir / "slurmd.pid").read_text())
+    os.kill(pid, 9)  # our own slurmd, found by the PID file the start script recorded
+    wait_until(lambda: not Path(f"/proc/{pid}/cmdline").exists(), 10, "slurmd to die")
+    repaired = run_script(START)
+    assert repaired.returncode == 0, repaired.stdout
+    assert "slurmd started" in repaired.stdout and "cluster ready" in repaired.stdout
+
+
+def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster):
+    workdir = cluster / "preempted"
+    executor, resources = probe_executor(cluster / "logs")
+    job = submit(executor, resources, ProbeJob(), str(workdir), 24, 0.3)
+    wait_until(lambda: read_progress(workdir) >= 6, 60, "the probe to pass step 6")
+    # what Slurm does on preemption with submitit's --signal: SIGTERM, then USR2 (checkpoint)
+    subprocess.run(["scancel", "--signal", "TERM", job.job_id], check=True)
+    subprocess.run(["scancel", "--signal", "USR2", job.job_id], check=True)
+    result = job.result()  # waits through the requeue (cred_expire) and the second run
+    uninterrupted = ProbeJob()(cluster / "uninterrupted", 24)
+    assert result["resumed_from_step"] >= 6
+    assert result["digest"] == uninterrupted["digest"]
+    assert result["loss"] == uninterrupted["loss"]
+    states = settled_states(job.job_id, duplicates=True)
+    assert states[-1] == "COMPLETED" and "REQUEUED" in states, states
+    assert "preempted" in Path(job.paths.stdout).read_text()
+
+
+def test_cancelled_job_stops_and_is_recorded_cancelled(cluster):
+    workdir = cluster / "cancelled"
+    executor, resources = probe_executor(cluster / "logs")
+    job = submit(executor, resources, ProbeJob(), str(workdir), 10_000, 0.2)
+    wait_until(lambda: read_progress(workdir) >= 2, 60, "the probe to start")
+    job.cancel()
+    assert settled_states(job.job_id) == ["CANCELLED"]
+    assert job.state.startswith("CANCELLED")  # submitit adds "by <uid>"
+    # submitit ignores the SIGTERM of scancel; Slurm kills the job KillWait (5 s) later
+    wait_until(lambda: squeue_lists(job.job_id) is False, 30, "the job to leave squeue")
+    frozen = read_progress(workdir)
+    time.sleep(2.0)
+    assert read_progress(workdir) == frozen < 10_000
+
+
+def run_submit(*args, **env):
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "submit.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, **env},
+    )
+
+
+def test_unreachable_controller_is_one_line_not_a_traceback(cluster, tmp_path):
+    # the same cluster's configuration, but a port no controller listens on
+    conf = (
+        Path("/etc/slurm/slurm.conf")
+        .read_text()
+        .replace("SlurmctldPort=6817", "SlurmctldPort=6999")
+    )
+    (tmp_path / "slurm.conf").write_text(conf)
+    result = run_submit(
+        "probe",
+        "--workdir",
+        tmp_path / "w",
+        "--gpus-per-node",
+        "0",
+        SLURM_CONF=tmp_path / "slurm.conf",
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: the Slurm controller is unreachable")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    # the controller going away between the check and sbatch: sbatch's failure, in one line
+    executor, resources = probe_executor(tmp_path / "logs")
+    os.environ["SLURM_CONF"] = str(tmp_path / "slurm.conf")
+    try:
+        with pytest.raises(LauncherError, match="Slurm controller unreachable") as raised:
+            submit(executor, resources, ProbeJob(), str(tmp_path / "w"), 1)
+    finally:
+        del os.environ["SLURM_CONF"]
+    assert "\n" not in str(raised.value)
+
+
+def test_gpu_request_on_a_gpu_less_node_is_rejected_in_one_line(cluster, tmp_path):
+    result = run_submit(
+        "probe", "--workdir", tmp_path / "w", "--gpus-per-node", "1", "--cpus-per-task", "1"
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "Requested node configuration is not available" in result.stderr
+    assert "--gpus-per-node 0" in result.stderr
+
+
+def tiny_pretraining(output_dir):
+    from pretrain.trainer import train
+
+    train(
+        {
+            "method": "moco",
+            "output_dir": str(output_dir),
+            "resume": "none",
+            "device": "cpu",
+            "model": {"arch": "resnet18", "width": 0.125, "embedding_dim": 16},
+            "moco": {"queue_size": 64},
+            "data": {
+                "name": "synthetic",
+                "num_workers": 0,
+                "synthetic": {"image_size": 32, "train_count": 32, "test_count": 16},
+            },
+            "optim": {"batch_size": 16, "epochs": 1},
+            "train": {"progress": False, "tensorboard": False},
+            "knn": {"every_epochs": 0},
+        }
+    )
+    return Path(output_dir) / "checkpoints" / "last.pth"
+
+
+def test_pretraining_job_runs_on_slurm(cluster):
+    output = cluster / "pretrain"
+    config = cluster / "pretrain.yaml"
+    config.write_text(yaml.safe_dump({"method": "moco", "output_dir": str(output)}))
+    overrides = [
+        "device=cpu",
+        "model.width=0.125",
+        "model.embedding_dim=16",
+        "moco.queue_size=64",
+        "data.name=synthetic",
+        "data.num_workers=0",
+        "data.synthetic.train_count=32",
+        "optim.batch_size=16",
+        "optim.epochs=2",
+        "train.progress=false",
+        "train.tensorboard=false",
+        "knn.every_epochs=0",
+    ]
+    result = run_submit(
+        "pretrain", "--config", config, "--gpus-per-node", "0", "--cpus-per-task", "1",
+        "--mem-gb", "3", "--wait", *overrides,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (output / "checkpoints" / "last.pth").is_file()
+    assert (output / "checkpoints" / "epoch_0002.pth").is_file()
+    job_id = result.stdout.split()[1].rstrip(":")
+    assert settled_states(job_id) == ["COMPLETED"]
+
+
+def write_sweep_file(folder, checkpoint, output_dir, tasks):
+    path = folder / f"{output_dir.name}.yaml"
+    content = {
+        "checkpoints": {"ring": str(checkpoint)},
+        "tasks": tasks,
+        "seeds": [0, 1, 2],
+        "output_dir": str(output_dir),
+    }
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def test_sweep_is_one_job_array_and_failures_are_reported_beside_results(cluster):
+    checkpoint = tiny_pretraining(cluster / "sweep_pretrain")
+    sweep_dir = cluster / "sweep"
+    # the failing task: a dataset that is not on the node, a real transfer failure
+    tasks = {
+        "mask": {"config": str(TINY_TRANSFER)},
+        "coco": {"config": str(TINY_TRANSFER), "opts": ["DATASETS.TRAIN", '("coco_2017_train",)']},
+    }
+    spec = load_sweep(write_sweep_file(cluster, checkpoint, sweep_dir, tasks))
+    resources = Resources(job_name="sweep", **SMALL)
+    skipped, submitted = submit_sweep(spec, "slurm", resources)
+    assert skipped == [] and len(submitted) == 6
+    array_ids = {job.job_id.split("_")[0] for _, job in submitted}
+    assert len(array_ids) == 1, "all runs must be tasks of ONE job array"
+    record = json.loads((submitted[0][0].directory(sweep_dir) / "job.json").read_text())
+    conversion_id = record["depends_on"]["job_id"]
+    assert conversion_id not in array_ids
+
+    for _, job in submitted:
+        job.wait()
+    assert settled_states(conversion_id) == ["COMPLETED"]
+    states = {run.label: settled_states(job.job_id) for run, job in submitted}
+    assert all(states[f"ring/mask/seed_{seed}"] == ["COMPLETED"] for seed in (0, 1, 2)), states
+    assert all(states[f"ring/coco/seed_{seed}"] == ["FAILED"] for seed in (0, 1, 2)), states
+
+    markdown, missing = write_reports(sweep_dir)
+    assert [outcome.run.label for outcome in missing] == [f"ring/coco/seed_{s}" for s in (0, 1, 2)]
+    for outcome in missing:
+        assert "coco_2017_train" in outcome.problem and outcome.problem.startswith("failed:")
+        assert "coco_2017_train" in Path(outcome.log).read_text()
+    ring_row = next(line for line in markdown.splitlines() if line.startswith("| ring |"))
+    header = next(line for line in markdown.splitlines() if line.startswith("| pretraining |"))
+    assert "mask bbox AP" in header and "mask segm AP75" in header
+    assert "seeds)" not in ring_row  # every mask seed counted
+    assert (sweep_dir / "results.png").is_file() and (sweep_dir / "results.csv").is_file()
+
+    # re-running the finished part of the sweep submits nothing
+    finished_only = load_sweep(
+        write_sweep_file(cluster, checkpoint, sweep_dir, {"mask": tasks["mask"]})
+    )
+    skipped, submitted = submit_sweep(finished_only, "slurm", resources)
+    assert (len(skipped), submitted) == (3, [])
+
+
+def test_same_sweep_runs_without_slurm_with_cluster_local(cluster):
+    checkpoint = tiny_pretraining(cluster / "local_pretrain")
+    sweep_dir = cluster / "local_sweep"
+    sweep_file = write_sweep_file(
+        cluster, checkpoint, sweep_dir, {"mask": {"config": str(TINY_TRANSFER)}}
+    )
+    content = yaml.safe_load(sweep_file.read_text())
+    sweep_file.write_text(yaml.safe_dump({**content, "seeds": [0]}, sort_keys=False))
+    # no sbatch reachable at all: a "local" sweep must not try Slurm
+    result = run_submit(
+        "sweep", sweep_file, "--cluster", "local", "--gpus-per-node", "0",
+        SLURM_CONF="/nonexistent/slurm.conf",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (sweep_dir / "runs" / "ring" / "mask" / "seed_0" / "results.json").is_file()
+    assert "| ring |" in result.stdout and "1/1 runs finished" in result.stdout
