@@ -13,6 +13,15 @@ from pretrain.linear_eval import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny networks: a second thread only adds contention on the shared 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def image_batches(num_images, batch_size=8, seed=0):
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(num_images, 3, 32, 32, generator=generator)

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,17 @@ BASE = {
     "knn": {"every_epochs": 0},
     "checkpoint": {"every_epochs": 1},
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny networks: a second thread only adds contention on the shared 2-core CI machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 FAST_EVAL = ["--eval", "lbfgs_max_iter=10", "--eval", "weight_decays=[0.001]"]
 
 
@@ -61,7 +73,7 @@ def test_study_end_to_end_and_rerun_reuses_finished_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("pretraining + evaluation") == 4
     report = (tmp_path / "report" / "results.md").read_text()
-    assert "python tools/compare_negatives.py --dataset synthetic" in report
+    assert "python tools/compare_negatives.py --preset none --dataset synthetic" in report
     assert "| moco |" in report and "Floor, raw pixels with the same protocol" in report
     records = json.loads((tmp_path / "report" / "records.json").read_text())
     assert {(r["sampler"], r["seed"]) for r in records} == {
