@@ -73,7 +73,7 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else "unreadable"
+        reason = (str(error).strip() or "unreadable").splitlines()[0].split(". ")[0]
         raise PretrainError(
             f"checkpoint {path} is corrupt or truncated ({type(error).__name__}: {reason}); "
             "delete it to resume from an earlier one, or set resume=none to start over"
@@ -105,7 +105,7 @@ def epoch_checkpoints(output_dir):
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def latest_good_checkpoint(output_dir, warn=sys.stderr):
+def latest_good_checkpoint(output_dir, warn=None):
     """``(path, checkpoint)`` of the newest loadable checkpoint, or ``(None, None)`` if none.
 
     A newer file that fails to load is skipped with a warning, so a run resumes from the last
@@ -118,7 +118,7 @@ def latest_good_checkpoint(output_dir, warn=sys.stderr):
             return path, load_checkpoint(path)
         except PretrainError as error:
             failures.append(str(error))
-            print(f"warning: skipping {path}: {error}", file=warn)
+            print(f"warning: skipping {path}: {error}", file=warn or sys.stderr)
     if failures:
         raise PretrainError(
             f"no loadable checkpoint in {checkpoint_dir(output_dir)} ({len(failures)} corrupt); "

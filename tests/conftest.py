@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic pretraining config that trains in about a second."""
 
 import pytest
+import torch
 
 
 @pytest.fixture
@@ -24,3 +25,12 @@ def tiny_config(tmp_path):
         "knn": {"every_epochs": 0, "k": 10},
         "checkpoint": {"every_epochs": 1},
     }
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: tiny tensors on a shared 2-core machine run ~5x faster this way."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,6 +12,8 @@ from pretrain.methods import METHODS
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 UNIFORM = NegativeSampler("uniform")
 FULL_RING = NegativeSampler("ring", upper=1.0, lower_ratio=0.0)
 
