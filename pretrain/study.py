@@ -116,14 +116,17 @@ def plan_runs(
     output_root: str | Path,
     common_overrides: Sequence[str] = (),
 ) -> list[RunSpec]:
-    """Every method x sampler x seed; within a (method, seed) only the sampler differs."""
+    """Every method x sampler x seed; within a (method, seed) only the sampler differs.
+
+    Seed-major order: a study stopped early still has every method at the same seeds.
+    """
     if not configs:
         raise StudyError("no methods to compare: pass at least one method")
     if not seeds:
         raise StudyError("no seeds: pass at least one seed (3 give a usable interval)")
     specs = []
-    for method, by_sampler in configs.items():
-        for seed in seeds:
+    for seed in seeds:
+        for method, by_sampler in configs.items():
             for sampler in SAMPLERS:
                 out = str(Path(output_root) / f"{method}_{sampler}_s{seed}")
                 overrides = (*common_overrides, f"seed={seed}", f"output_dir={out}", "resume=auto")
@@ -163,6 +166,16 @@ def finished_record(spec: RunSpec) -> RunRecord | None:
         return None
     metrics = json.loads(done.read_text())["metrics"]
     return RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir, metrics)
+
+
+def not_run_record(spec: RunSpec) -> RunRecord:
+    return RunRecord(
+        spec.method,
+        spec.sampler,
+        spec.seed,
+        spec.output_dir,
+        error="not run: the report was written (--report-only) before this run finished",
+    )
 
 
 def pretrain_and_evaluate(spec: RunSpec, eval_overrides: Sequence[str] = ()) -> dict:
@@ -557,7 +570,9 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
         lambda: raw_pixel_floor(load_source(first.data), eval_options(plan["eval"])),
         log,
     )
-    if args.cluster:
+    if args.report_only:
+        records = [finished_record(s) or not_run_record(s) for s in specs]
+    elif args.cluster:
         from launcher.executors import Resources
 
         resources = Resources(

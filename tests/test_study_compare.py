@@ -91,6 +91,13 @@ def test_study_end_to_end_and_rerun_reuses_finished_runs(tmp_path, capsys):
     assert main(study_args(tmp_path, configs)) == 0
     assert capsys.readouterr().out.count("already evaluated") == 4
 
+    (tmp_path / "out" / "moco_ring_s1" / "checkpoints" / "eval.json").unlink()
+    assert main(study_args(tmp_path, configs, "--report-only")) == 0
+    assert "pretraining" not in capsys.readouterr().out
+    report = (tmp_path / "report" / "results.md").read_text()
+    assert "moco ring seed 1: not run" in report
+    assert "| 1 | 1 seed: no interval, no verdict |" in report
+
 
 def test_unfair_configs_fail_before_any_training(tmp_path, capsys):
     configs = write_configs(tmp_path / "configs", {"optim": {"batch_size": 32}})

@@ -43,6 +43,11 @@ def parse_args(argv):
     parser.add_argument(
         "--cluster", choices=("slurm", "local", "debug"), help="submit as one job array"
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the finished runs, list the others as not run",
+    )
     parser.add_argument("--partition")
     parser.add_argument("--gpus-per-node", type=int, default=0)
     parser.add_argument("--cpus-per-task", type=int, default=4)
