@@ -11,7 +11,7 @@ autograd recording, as in training) and forward+backward, three variants compute
 - ``uniform``: all K negatives, through the project's ``sampled_contrast`` and uniform sampler;
 - ``ring``: the project's ring sampler (``pretrain.samplers``) in the same code path;
 - ``full_sort``: the original implementation's approach, rewritten here as the reference: sort
-  every row of the B x K similarities to find the ranks, keep the ring, same loss.
+  every row of the B x K similarities to find the ranks, gather the ring, same loss.
 
 The timed region starts from the embeddings and the candidates (an IR step's bank gather costs
 the same in every variant and is left out). Before timing, ring and full_sort must agree on the
@@ -92,8 +92,11 @@ def make_inputs(shape, device, seed=0):
     positive = F.normalize(anchor + 0.5 * unit(shape.batch), dim=1)
     if shape.bank:
         bank = unit(shape.bank)
-        drawn = torch.randint(shape.bank, (shape.batch, shape.candidates), generator=generator)
-        negatives = bank[drawn]
+        # Distinct entries per anchor (the project draws with replacement): with no tied
+        # similarities, every tie rule selects the same ring, so the check compares like
+        # with like; the cost of selection does not depend on it.
+        scores = torch.rand(shape.batch, shape.bank, generator=generator)
+        negatives = bank[scores.topk(shape.candidates, dim=1).indices]
     else:
         negatives = unit(shape.candidates)
     anchor = anchor.to(device).requires_grad_(True)
@@ -109,16 +112,12 @@ def similarities(anchor, negatives):
 def full_sort_ring_loss(anchor, positive, negatives, start, stop, temperature):
     """The reference: a full sort of each row gives the ranks; InfoNCE over ranks [start, stop).
 
-    Candidates tied with a boundary value are all kept, the tie rule ``pretrain.samplers``
-    documents (IR draws with replacement, so duplicates at a boundary are common). Written
-    independently of ``pretrain.losses`` so the agreement check means something.
+    Written independently of ``pretrain.losses`` so the agreement check means something.
     """
     positive_logit = (anchor * positive).sum(dim=1, keepdim=True) / temperature
     similarity = similarities(anchor, negatives)
-    ranked = torch.sort(similarity.detach(), dim=1, descending=True).values
-    highest, lowest = ranked[:, start : start + 1], ranked[:, stop - 1 : stop]
-    in_ring = (similarity >= lowest) & (similarity <= highest)
-    ring = torch.where(in_ring, similarity / temperature, float("-inf"))
+    order = torch.sort(similarity.detach(), dim=1, descending=True).indices
+    ring = similarity.gather(1, order[:, start:stop]) / temperature
     logits = torch.cat([positive_logit, ring], dim=1)
     return (torch.logsumexp(logits, dim=1) - positive_logit.squeeze(1)).mean()
 
