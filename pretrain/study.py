@@ -587,9 +587,12 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
     else:
         records = execute_runs(specs, lambda spec: pretrain_and_evaluate(spec, plan["eval"]), log)
     minutes = (time.time() - started) / 60
-    description = (
-        describe(plan, args, specs) + f"\n\nWall time of this invocation: {minutes:.1f} min."
+    timing = (
+        "This report was written with --report-only from the runs finished so far."
+        if args.report_only
+        else f"Wall time of this invocation: {minutes:.1f} min."
     )
+    description = describe(plan, args, specs) + "\n\n" + timing
     report_dir = Path(args.report_dir) if args.report_dir else output / "report"
     headline = write_report(records, floor, report_dir, command, description)
     log(f"wrote {report_dir / 'results.md'} and {report_dir / 'results.png'}")
