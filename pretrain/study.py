@@ -1,10 +1,11 @@
 """The Ring-vs-uniform study: plan the runs, run them, summarise with confidence intervals.
 
-Every (method, sampler, seed) run starts from the *same* method config; the only override that
-differs between the uniform and the ring run of a method is the sampler name, so steps, batch,
-augmentations, schedule and data order (seeded) are identical by construction. Results are
-compared per seed (paired), which is why one failed run removes its seed from that method's
-difference instead of being averaged over silently.
+Each method has a pair of configs, `uniform_<method>_<dataset>.yaml` and
+`ring_<method>_<dataset>.yaml`. Before anything trains, every pair is resolved with the study's
+common overrides and the seed, and refused unless the two differ only in `sampler.*`: steps,
+batch, augmentations, schedule and data order (seeded) are then identical by construction.
+Results are compared per seed (paired), which is why one failed run removes its seed from that
+method's difference instead of being averaged over silently.
 """
 
 from __future__ import annotations
