@@ -258,7 +258,7 @@ def read_spec(sweep_dir):
     return yaml.safe_load(path.read_text())
 
 
-def submit_sweep(spec, cluster, resources, sweep_dir=None):
+def submit_sweep(spec, cluster, resources, sweep_dir=None, log_root=None):
     """Convert the checkpoints once, then submit every unfinished run as one job array.
 
     Returns ``(skipped_runs, [(run, job), ...])``. On Slurm the conversion is a job the array
@@ -274,7 +274,7 @@ def submit_sweep(spec, cluster, resources, sweep_dir=None):
     _write_spec({**spec, "output_dir": str(sweep_dir)}, sweep_dir)
     if not todo:
         return skipped, []
-    logs = unique_log_folder(sweep_dir / "logs", "sweep")
+    logs = unique_log_folder(log_root or sweep_dir / "logs", "sweep")
     conversions = pending_conversions(spec, sweep_dir, todo)
     conversion_job = None
     if conversions and cluster == "slurm":

@@ -21,7 +21,6 @@ from launcher.collect import write_reports
 from launcher.errors import LauncherError
 from launcher.executors import CLUSTERS, Resources, make_executor, submit, unique_log_folder
 from launcher.jobs import PretrainJob, TransferJob, load_pretrain_config
-from launcher.probe import ProbeJob
 from launcher.sweep import load_sweep, submit_sweep
 from pretrain.config import ConfigError
 from pretrain.errors import PretrainError
@@ -30,6 +29,7 @@ DEFAULTS = Resources()
 
 
 def resource_options():
+    """Flags shared by every sub-command; unset ones keep the sweep file's or Resources' value."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("where and with what")
     group.add_argument("--cluster", choices=CLUSTERS, default="slurm")
@@ -37,21 +37,23 @@ def resource_options():
     group.add_argument("--account")
     group.add_argument("--qos")
     group.add_argument("--constraint")
-    group.add_argument("--nodes", type=int, default=DEFAULTS.nodes)
-    group.add_argument(
-        "--gpus-per-node", type=int, default=None, help="default 1 (0 for probe); 0 on CPU nodes"
-    )
-    group.add_argument("--cpus-per-task", type=int, default=DEFAULTS.cpus_per_task)
+    group.add_argument("--nodes", type=int, help=f"default {DEFAULTS.nodes}")
+    group.add_argument("--gpus-per-node", type=int, help="default 1 (probe: 0); 0 on CPU nodes")
+    group.add_argument("--cpus-per-task", type=int, help=f"default {DEFAULTS.cpus_per_task}")
     group.add_argument("--mem-gb", type=float, help="per node; default: the cluster's")
-    group.add_argument("--timeout-min", type=int, default=DEFAULTS.timeout_min)
+    group.add_argument("--timeout-min", type=int, help=f"default {DEFAULTS.timeout_min}")
     group.add_argument(
         "--max-timeouts",
         type=int,
-        default=DEFAULTS.max_timeouts,
-        help="requeues allowed after hitting the time limit (preemptions: unlimited)",
+        help=f"requeues after hitting the time limit (default {DEFAULTS.max_timeouts}; "
+        "preemptions: unlimited)",
     )
     group.add_argument("--job-name")
-    group.add_argument("--array-parallelism", type=int, help="sweeps: array tasks at once")
+    group.add_argument(
+        "--array-parallelism",
+        type=int,
+        help=f"sweeps: array tasks running at once (default {DEFAULTS.array_parallelism})",
+    )
     group.add_argument("--log-dir", help="submitit logs (a new sub-folder per submission)")
     group.add_argument("--wait", action="store_true", help="wait for the job(s) and report")
     return parser
@@ -78,29 +80,14 @@ def parse_args(argv=None):
 
 
 def resources_from(args, name, gpus_default, base=None):
-    chosen = dict(base or {})
-    given = {
-        "job_name": args.job_name,
-        "nodes": args.nodes if args.nodes != DEFAULTS.nodes else None,
-        "gpus_per_node": args.gpus_per_node,
-        "cpus_per_task": args.cpus_per_task
-        if args.cpus_per_task != DEFAULTS.cpus_per_task
-        else None,
-        "mem_gb": args.mem_gb,
-        "timeout_min": args.timeout_min if args.timeout_min != DEFAULTS.timeout_min else None,
-        "max_timeouts": args.max_timeouts if args.max_timeouts != DEFAULTS.max_timeouts else None,
-        "partition": args.partition,
-        "account": args.account,
-        "qos": args.qos,
-        "constraint": args.constraint,
-        "array_parallelism": args.array_parallelism,
-    }
-    chosen.update({key: value for key, value in given.items() if value is not None})
-    chosen.setdefault("job_name", name)
-    chosen.setdefault("gpus_per_node", gpus_default)
-    if chosen["gpus_per_node"] < 0 or chosen.get("nodes", 1) < 1:
-        raise LauncherError("--gpus-per-node must be >= 0 and --nodes >= 1")
-    return Resources(**chosen)
+    """Resources defaults <- the sweep file's ``resources`` <- the flags given."""
+    chosen = {"job_name": name, "gpus_per_node": gpus_default, **(base or {})}
+    flags = {field: getattr(args, field, None) for field in Resources.field_names()}
+    chosen.update({field: value for field, value in flags.items() if value is not None})
+    resources = Resources(**chosen)
+    if resources.gpus_per_node < 0 or resources.nodes < 1 or resources.cpus_per_task < 1:
+        raise LauncherError("--gpus-per-node must be >= 0, --nodes and --cpus-per-task >= 1")
+    return resources
 
 
 def log_folder(args, default_root, label):
@@ -140,6 +127,8 @@ def submit_transfer(args):
 
 
 def submit_probe(args):
+    from launcher.probe import ProbeJob  # torch: imported only when needed
+
     resources = resources_from(args, "ring-nce-probe", 0)
     folder = log_folder(args, Path(args.workdir) / "submitit", "probe")
     executor = make_executor(args.cluster, folder, resources)
@@ -151,7 +140,7 @@ def run_sweep(args):
     spec = load_sweep(args.sweep_file)
     sweep_dir = Path(args.output_dir).resolve() if args.output_dir else Path(spec["output_dir"])
     resources = resources_from(args, "ring-nce-sweep", 1, spec["resources"])
-    skipped, submitted = submit_sweep(spec, args.cluster, resources, sweep_dir)
+    skipped, submitted = submit_sweep(spec, args.cluster, resources, sweep_dir, args.log_dir)
     print(f"{sweep_dir}: {len(submitted)} run(s) submitted, {len(skipped)} already done or queued")
     for run, job in submitted:
         print(f"  {run.label}: job {job.job_id}, log {job.paths.stdout}")
