@@ -6,6 +6,7 @@ environment. Project errors print one ``error: ...`` line and exit with status 2
 
 import argparse
 import json
+import os
 import sys
 
 from pretrain.config import ConfigError
@@ -29,7 +30,8 @@ def main(argv=None):
     except (ConfigError, PretrainError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(metrics))
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
+        print(json.dumps(metrics))
     return 0
 
 

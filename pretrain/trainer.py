@@ -268,7 +268,7 @@ def train(cfg):
     check_negatives(cfg, len(train_set))
     method = build_method(cfg, len(train_set), source.channels, source.name)
     on_gpu = info.device.type == "cuda"
-    if info.world_size > 1 and method.sync_batchnorm:
+    if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
     if on_gpu and cfg.train.channels_last:
