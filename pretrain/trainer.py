@@ -164,7 +164,7 @@ def check_batch(cfg, dataset_size, world_size):
     return batch // world_size
 
 
-def check_negatives(cfg, dataset_size):
+def check_negatives(cfg):
     """The candidate pool must exist: a bank draw needs images, a queue needs a size."""
     if cfg.method in ("ir", "cmc") and cfg[cfg.method].num_negatives < 1:
         raise PretrainError(f"{cfg.method}.num_negatives must be >= 1")
@@ -194,6 +194,32 @@ def checkpoint_meta(cfg, method, source, image_size):
         "dataset": source.name,
         "default_encoder": method.default_encoder,
     }
+
+
+def training_state(meta, method, optimizer, scheduler, cfg, epoch, global_step, metrics):
+    """The checkpoint dict of docs/design.md (``format``/``version`` are added on save)."""
+    return {
+        "meta": meta,
+        "encoders": {name: backbone_state_dict(b) for name, b in method.encoders().items()},
+        "model": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": {},  # bf16 autocast needs no loss scaling
+        "rng": rng_state(),
+        "epoch": epoch,
+        "global_step": global_step,
+        "config": cfg.to_dict(),
+        "metrics": metrics,
+    }
+
+
+def write_step_scalars(writer, step, loss, lr, throughput, stats, sampler_stats):
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/images_per_second", throughput, step)
+    writer.add_scalar("train/negatives_kept", stats["negatives"], step)
+    for name, value in sampler_stats.items():
+        writer.add_scalar(f"train/{name}", value, step)
 
 
 def restore(checkpoint, path, method, optimizer, scheduler):
@@ -265,7 +291,7 @@ def train(cfg):
     source = load_source(cfg.data)
     train_set, monitor_train, monitor_test = build_datasets(cfg, cfg.method, source)
     batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
-    check_negatives(cfg, len(train_set))
+    check_negatives(cfg)
     method = build_method(cfg, len(train_set), source.channels, source.name)
     on_gpu = info.device.type == "cuda"
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
@@ -273,7 +299,8 @@ def train(cfg):
     method.to(info.device)
     if on_gpu and cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if on_gpu and cfg.train.channels_last else None
+    channels_last = on_gpu and cfg.train.channels_last
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     use_amp = on_gpu and cfg.train.amp
 
     def autocast():
@@ -345,10 +372,7 @@ def train(cfg):
             for step, (views, _, indices) in enumerate(loader):
                 sampler.set_epoch(epoch + step / steps_per_epoch)
                 views = [
-                    v.to(info.device, non_blocking=True, memory_format=memory_format)
-                    if memory_format
-                    else v.to(info.device, non_blocking=True)
-                    for v in views
+                    v.to(info.device, non_blocking=True, memory_format=memory_format) for v in views
                 ]
                 with autocast():
                     loss, stats = model(views, indices.to(info.device), sampler)
@@ -373,12 +397,15 @@ def train(cfg):
                         lr=f"{scheduler.get_last_lr()[0]:.3g}",
                     )
                     if writer is not None:
-                        writer.add_scalar("train/loss", loss.item(), global_step)
-                        writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-                        writer.add_scalar("train/images_per_second", throughput, global_step)
-                        writer.add_scalar("train/negatives_kept", stats["negatives"], global_step)
-                        for name, value in sampler.stats().items():
-                            writer.add_scalar(f"train/{name}", value, global_step)
+                        write_step_scalars(
+                            writer,
+                            global_step,
+                            loss.item(),
+                            scheduler.get_last_lr()[0],
+                            throughput,
+                            stats,
+                            sampler.stats(),
+                        )
                 progress.update(1)
             progress.close()
             epoch_done = epoch + 1
@@ -413,26 +440,10 @@ def train(cfg):
                 )
             if due(epoch_done, cfg.checkpoint.every_epochs, last_epoch) or epoch_done == stop_epoch:
                 if info.is_main:
-                    checkpoint_path = ckpt.save_checkpoint(
-                        {
-                            "meta": meta,
-                            "encoders": {
-                                name: backbone_state_dict(b)
-                                for name, b in method.encoders().items()
-                            },
-                            "model": method.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "scaler": {},  # bf16 autocast needs no loss scaling
-                            "rng": rng_state(),
-                            "epoch": epoch_done,
-                            "global_step": global_step,
-                            "config": cfg.to_dict(),
-                            "metrics": metrics,
-                        },
-                        output_dir,
-                        epoch_done,
+                    state = training_state(
+                        meta, method, optimizer, scheduler, cfg, epoch_done, global_step, metrics
                     )
+                    checkpoint_path = ckpt.save_checkpoint(state, output_dir, epoch_done)
                 barrier()
     finally:
         if writer is not None:

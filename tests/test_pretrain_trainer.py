@@ -112,6 +112,11 @@ def test_batch_larger_than_dataset(tiny_config, tmp_path, capsys):
     one_line_error(code, out, "optim.batch_size=100 is larger than the dataset (64 images)")
 
 
+def test_empty_dataset(tiny_config, tmp_path, capsys):
+    code, out = run_cli(tmp_path, tiny_config, "data.synthetic.train_count=0", capsys=capsys)
+    one_line_error(code, out, "training set of data.name=synthetic is empty")
+
+
 def test_cmc_refuses_grayscale(tiny_config, tmp_path, capsys):
     code, out = run_cli(
         tmp_path, tiny_config, "method=cmc", "data.synthetic.channels=1", capsys=capsys
