@@ -31,7 +31,9 @@ def _slurm_job_id():
 def distributed_environment():
     """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT for this submitit task."""
     env = submitit.JobEnvironment()
-    job_id = _slurm_job_id() or os.getpid()
+    # every task of the job must agree: Slurm's own id (unique per array task), else submitit's
+    # id of a local job (shared by its tasks)
+    job_id = _slurm_job_id() or env.job_id
     return {
         "RANK": str(env.global_rank),
         "WORLD_SIZE": str(env.num_tasks),

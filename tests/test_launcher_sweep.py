@@ -9,7 +9,7 @@ import yaml
 
 from launcher.errors import LauncherError
 from launcher.executors import Resources, make_executor, translated_submission_errors
-from launcher.jobs import PORT_BASE, PORT_SPAN, rendezvous_port
+from launcher.jobs import PORT_BASE, PORT_SPAN, distributed_environment, rendezvous_port
 from launcher.probe import ProbeJob, read_progress
 from launcher.sweep import (
     Run,
@@ -136,7 +136,7 @@ def test_a_fully_finished_sweep_submits_nothing(tmp_path, inputs):
     for run in planned_runs(spec):
         run.directory(tmp_path / "out").mkdir(parents=True)
         (run.directory(tmp_path / "out") / "results.json").write_text("{}")
-    skipped, submitted = submit_sweep(spec, "slurm", Resources(), tmp_path / "out")
+    skipped, submitted = submit_sweep(spec, "local", Resources(), tmp_path / "out")
     assert (len(skipped), submitted) == (4, [])
     assert yaml.safe_load((tmp_path / "out" / "sweep.yaml").read_text())["seeds"] == [0, 1]
 
@@ -146,6 +146,15 @@ def test_array_tasks_sharing_a_node_get_distinct_ports():
     assert len(set(ports)) == 64
     assert all(PORT_BASE <= port < PORT_BASE + PORT_SPAN for port in ports)
     assert rendezvous_port("123456") == rendezvous_port(123456)
+
+
+def test_tasks_of_one_local_job_agree_on_the_rendezvous(tmp_path):
+    resources = Resources(gpus_per_node=0, tasks_per_node=2, cpus_per_task=1)
+    job = make_executor("local", tmp_path, resources).submit(distributed_environment)
+    first, second = job.results()
+    assert (first["RANK"], second["RANK"], first["WORLD_SIZE"]) == ("0", "1", "2")
+    assert first["MASTER_PORT"] == second["MASTER_PORT"]
+    assert first["MASTER_ADDR"] == second["MASTER_ADDR"]
 
 
 def test_local_cluster_never_goes_to_slurm_even_with_srun_on_path(tmp_path):

@@ -22,6 +22,7 @@ import yaml
 from launcher.collect import write_reports
 from launcher.errors import LauncherError
 from launcher.executors import Resources, make_executor, submit, unique_log_folder
+from launcher.jobs import distributed_environment, rendezvous_port
 from launcher.probe import ProbeJob, read_progress
 from launcher.sweep import load_sweep, submit_sweep
 
@@ -199,6 +200,16 @@ def test_gpu_request_on_a_gpu_less_node_is_rejected_in_one_line(cluster, tmp_pat
     assert result.stderr.count("\n") == 1
     assert "Requested node configuration is not available" in result.stderr
     assert "--gpus-per-node 0" in result.stderr
+
+
+def test_multi_task_job_gets_one_rendezvous_and_distinct_ranks(cluster):
+    # what a 2-GPU DDP job sees, on CPUs: one Slurm job, two tasks
+    executor, resources = probe_executor(cluster / "logs", tasks_per_node=2)
+    job = submit(executor, resources, distributed_environment)
+    tasks = job.results()
+    assert sorted(task["RANK"] for task in tasks) == ["0", "1"]
+    assert {task["WORLD_SIZE"] for task in tasks} == {"2"}
+    assert {task["MASTER_PORT"] for task in tasks} == {str(rendezvous_port(job.job_id))}
 
 
 def tiny_pretraining(output_dir):
