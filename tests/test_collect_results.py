@@ -152,3 +152,25 @@ def test_cli_exit_status_and_one_line_error(tmp_path):
     assert (
         not_a_sweep.stderr.startswith("error: ") and "not a sweep directory" in not_a_sweep.stderr
     )
+
+
+def test_failed_conversion_is_named_with_the_conversion_log(tmp_path):
+    root = write_sweep_dir(tmp_path / "sweep")
+    conversion_log = root / "logs" / "6_0_log.out"
+    conversion_log.write_text("converting...\n")
+    pickled = root / "logs" / "6_0_result.pkl"
+    error = "Traceback ...\nlauncher.errors.LauncherError: cannot convert /c/uniform.pth: truncated"
+    pickled.write_bytes(pickle.dumps(("error", error)))
+    directory = Run("uniform", "mask", 2).directory(root)
+    directory.mkdir(parents=True)
+    record = {
+        "job_id": "7_2",
+        "stdout": "/never/started.out",
+        "result_pickle": "/never/started.pkl",
+        "depends_on": {"job_id": "6", "stdout": str(conversion_log), "result_pickle": str(pickled)},
+    }
+    (directory / "job.json").write_text(json.dumps(record))
+    _, outcomes = collect(root)
+    outcome = next(o for o in outcomes if o.run == Run("uniform", "mask", 2))
+    assert outcome.problem == "checkpoint conversion failed: " + error.splitlines()[-1]
+    assert outcome.log == str(conversion_log)

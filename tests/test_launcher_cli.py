@@ -33,16 +33,18 @@ def assert_one_line_error(result, *fragments):
 
 
 @pytest.mark.slow
-def test_local_probe_runs_as_a_process_and_reports_its_result(tmp_path):
+@pytest.mark.parametrize("cluster", ["local", "debug"])
+def test_probe_runs_without_slurm_and_reports_its_result(tmp_path, cluster):
     result = run_submit(
-        "probe", "--cluster", "local", "--workdir", tmp_path / "probe", "--steps", "3",
+        "probe", "--cluster", cluster, "--workdir", tmp_path / "probe", "--steps", "3",
         "--seconds-per-step", "0", "--wait",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["steps"] == 3 and report["job_id"] is None  # not a Slurm job
-    logs = list((tmp_path / "probe" / "submitit").iterdir())
-    assert len(logs) == 1  # a fresh log folder for this submission
+    if cluster == "local":  # debug runs inside the submitting process: no job folder
+        logs = list((tmp_path / "probe" / "submitit").iterdir())
+        assert len(logs) == 1  # a fresh log folder for this submission
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from launcher.probe import ProbeJob, read_progress
 from launcher.sweep import (
     Run,
     is_finished,
+    is_in_flight,
     load_sweep,
     pending_conversions,
     planned_runs,
@@ -129,6 +130,15 @@ def test_finished_runs_and_converted_checkpoints_are_not_redone(tmp_path, inputs
     done.mkdir(parents=True)
     (done / "results.json").write_text(json.dumps({"bbox": {"AP": 1.0}}))
     assert [is_finished(run, sweep_dir) for run in runs] == [False, True, False, False]
+
+
+def test_runs_still_in_the_slurm_queue_are_not_submitted_twice(tmp_path):
+    run = Run("ring", "mask", 0)
+    assert not is_in_flight(run, tmp_path, {"12_0"})  # never submitted
+    run.directory(tmp_path).mkdir(parents=True)
+    (run.directory(tmp_path) / "job.json").write_text(json.dumps({"job_id": "12_0"}))
+    assert is_in_flight(run, tmp_path, {"12_0", "13"})
+    assert not is_in_flight(run, tmp_path, {"13"})  # left the queue: resubmit if unfinished
 
 
 def test_a_fully_finished_sweep_submits_nothing(tmp_path, inputs):

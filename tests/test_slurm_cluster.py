@@ -116,6 +116,13 @@ def test_start_is_idempotent_and_restarts_a_dead_daemon(cluster):
     repaired = run_script(START)
     assert repaired.returncode == 0, repaired.stdout
     assert "slurmd started" in repaired.stdout and "cluster ready" in repaired.stdout
+    # a slurm.conf left by something else: rewritten, and the daemons restarted to read it
+    conf = Path("/etc/slurm/slurm.conf")
+    conf.write_text(conf.read_text().replace("SchedulerParameters=", "#SchedulerParameters="))
+    rewritten = run_script(START)
+    assert rewritten.returncode == 0, rewritten.stdout
+    assert "slurm.conf changed" in rewritten.stdout and "cluster ready" in rewritten.stdout
+    assert "\nSchedulerParameters=" in conf.read_text()
 
 
 def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster):

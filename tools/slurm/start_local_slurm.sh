@@ -27,15 +27,12 @@ START=$SECONDS
 say() { echo "[start_local_slurm +$((SECONDS - START))s] $*"; }
 die() { say "error: $*"; exit "${2:-1}"; }
 
-# is_ours PIDFILE COMMAND: the PID file names a live process running COMMAND
-is_ours() {
-  local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-  # a killed daemon lingers as a zombie until reaped: it is not running
-  ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null
+# running PID COMMAND: a live COMMAND process (a killed daemon lingers as a zombie until reaped)
+running() {
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
 }
+# is_ours PIDFILE COMMAND: the PID file names a live process running COMMAND
+is_ours() { [ -s "$1" ] && running "$(cat "$1")" "$2"; }
 # daemons fork and write their PID file a moment later
 await_pidfile() {
   local i
@@ -140,13 +137,14 @@ EOF
   if cmp -s "$ROOT/slurm.conf" /etc/slurm/slurm.conf; then return 0; fi
   mkdir -p /etc/slurm
   cp "$ROOT/slurm.conf" /etc/slurm/slurm.conf
-  local d pid
+  local d pid i
   for d in slurmd slurmctld; do
     if is_ours "$RUN/$d.pid" $d; then
       say "slurm.conf changed: restarting $d"
       pid=$(cat "$RUN/$d.pid")
       kill "$pid"
-      await sh -c "[ ! -d /proc/$pid ]" || die "$d ($pid) did not stop"
+      for i in $(seq 1 $((WAIT_TIMEOUT * 10))); do running "$pid" $d || break; sleep 0.1; done
+      if running "$pid" $d; then die "$d ($pid) did not stop after SIGTERM"; fi
     fi
   done
 }

@@ -8,21 +8,18 @@ ROOT=${SLURM_LOCAL_DIR:-${TMPDIR:-/tmp}/ring-nce-slurm}
 RUN=$ROOT/run
 
 say() { echo "[stop_local_slurm] $*"; }
-is_ours() {
-  local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ] || return 1
-  # a killed daemon lingers as a zombie until reaped: it is not running
-  ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null
+# running PID COMMAND: a live (not zombie: killed daemons linger until reaped) COMMAND process
+running() {
+  [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
 }
+is_ours() { [ -s "$1" ] && running "$(cat "$1")" "$2"; }
 stop_from_pidfile() { # PIDFILE COMMAND
   local pid i
   if is_ours "$1" "$2"; then
     pid=$(cat "$1")
     kill -TERM "$pid"
-    for i in $(seq 1 150); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
-    if [ -d "/proc/$pid" ]; then
+    for i in $(seq 1 150); do running "$pid" "$2" || break; sleep 0.1; done
+    if running "$pid" "$2"; then
       say "$2 ($pid) ignored TERM for 15 s: sending KILL"
       kill -KILL "$pid"
     fi
