@@ -130,9 +130,7 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster)
     executor, resources = probe_executor(cluster / "logs")
     job = submit(executor, resources, ProbeJob(), str(workdir), 24, 0.3)
     wait_until(lambda: read_progress(workdir) >= 6, 60, "the probe to pass step 6")
-    # what Slurm does on preemption with submitit's --signal: SIGTERM, then USR2 (checkpoint)
-    subprocess.run(["scancel", "--signal", "TERM", job.job_id], check=True)
-    subprocess.run(["scancel", "--signal", "USR2", job.job_id], check=True)
+    preempt(job.job_id)
     result = job.result()  # waits through the requeue (cred_expire) and the second run
     uninterrupted = ProbeJob()(cluster / "uninterrupted", 24)
     assert result["resumed_from_step"] >= 6
@@ -243,10 +241,16 @@ def tiny_pretraining(output_dir):
     return Path(output_dir) / "checkpoints" / "last.pth"
 
 
-def test_pretraining_job_runs_on_slurm(cluster):
-    output = cluster / "pretrain"
+def preempt(job_id):
+    """What Slurm does on preemption with submitit's --signal: SIGTERM, then USR2, on which
+    submitit calls the job's checkpoint() and requeues it."""
+    subprocess.run(["scancel", "--signal", "TERM", job_id], check=True)
+    subprocess.run(["scancel", "--signal", "USR2", job_id], check=True)
+
+
+def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster):
     config = cluster / "pretrain.yaml"
-    config.write_text(yaml.safe_dump({"method": "moco", "output_dir": str(output)}))
+    config.write_text(yaml.safe_dump({"method": "moco"}))
     overrides = [
         "device=cpu",
         "model.width=0.125",
@@ -256,20 +260,35 @@ def test_pretraining_job_runs_on_slurm(cluster):
         "data.num_workers=0",
         "data.synthetic.train_count=32",
         "optim.batch_size=16",
-        "optim.epochs=2",
+        "optim.epochs=4",
         "train.progress=false",
         "train.tensorboard=false",
         "knn.every_epochs=0",
+        "checkpoint.every_epochs=1",
     ]
-    result = run_submit(
-        "pretrain", "--config", config, "--gpus-per-node", "0", "--cpus-per-task", "1",
-        "--mem-gb", "3", "--wait", *overrides,
+    output = cluster / "pretrain_slurm"
+    command = [sys.executable, str(REPO / "tools" / "submit.py"), "pretrain", "--config", config]
+    command += ["--gpus-per-node", "0", "--cpus-per-task", "1", "--mem-gb", "3", "--wait"]
+    command += [*overrides, f"output_dir={output}"]
+    submitter = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, text=True)
+    job_id = submitter.stdout.readline().split()[1].rstrip(":")  # "job <id>: log <path>"
+    checkpoints = output / "checkpoints"
+    wait_until(lambda: (checkpoints / "epoch_0002.pth").is_file(), 120, "epoch 2's checkpoint")
+    preempt(job_id)
+    result = json.loads(submitter.stdout.read().strip().splitlines()[-1])
+    assert submitter.wait(timeout=60) == 0
+    assert "REQUEUED" in settled_states(job_id, duplicates=True)
+
+    # the reference: the same run, uninterrupted, as a local process (same thread count)
+    reference = run_submit(
+        "pretrain", "--config", config, "--cluster", "local", "--gpus-per-node", "0", "--wait",
+        *overrides, f"output_dir={cluster / 'pretrain_local'}",
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert (output / "checkpoints" / "last.pth").is_file()
-    assert (output / "checkpoints" / "epoch_0002.pth").is_file()
-    job_id = result.stdout.split()[1].rstrip(":")
-    assert settled_states(job_id) == ["COMPLETED"]
+    assert reference.returncode == 0, reference.stderr
+    uninterrupted = json.loads(reference.stdout.strip().splitlines()[-1])
+    assert result["epoch"] == 4 and result["loss"] == uninterrupted["loss"]
+    log = next((output / "submitit").glob(f"*/{job_id}/{job_id}_0_log.out")).read_text()
+    assert "resumed from" in log and "epoch_0001.pth" not in log.split("resumed from")[1][:80]
 
 
 def write_sweep_file(folder, checkpoint, output_dir, tasks):
