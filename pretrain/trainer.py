@@ -418,6 +418,7 @@ def train(cfg):
                 **sampler.stats(),
             }
             if due(epoch_done, cfg.knn.every_epochs, last_epoch) and info.is_main:
+                # rank 0 alone embeds the monitor sets; the others wait at the barrier below
                 metrics["knn_top1"] = knn_monitor(
                     method,
                     monitor_train,
@@ -429,6 +430,7 @@ def train(cfg):
                 )
                 if writer is not None:
                     writer.add_scalar("knn/top1", metrics["knn_top1"], global_step)
+            barrier()
             if info.is_main:
                 knn_text = (
                     "" if metrics["knn_top1"] is None else f" knn_top1 {metrics['knn_top1']:.4f}"

@@ -43,3 +43,15 @@ def test_gradients_flow_only_where_they_should(name, sampler, tiny_config):
             if v.is_floating_point() and not torch.equal(v, after[k])
         ]
         assert moved and all(not p.requires_grad for p in method.key.parameters())
+
+
+@pytest.mark.parametrize("name", ["moco", "simclr"])
+def test_bf16_autocast_keeps_logits_in_float32(name, tiny_config):
+    """The GPU AMP path, exercised with CPU autocast: networks in bf16, loss in float32."""
+    torch.manual_seed(0)
+    method = METHODS[name](as_config({**tiny_config, "method": name}), num_samples=40)
+    views = [torch.rand(8, 3, 16, 16) for _ in range(method.num_views)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = method(views, torch.arange(8), NegativeSampler("ring", upper=0.5))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()

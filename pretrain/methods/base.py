@@ -34,19 +34,25 @@ def embed(backbone, head, images):
     return F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)
 
 
+def full_precision(tensor):
+    """Turns AMP off for similarity logits: bf16 would blur the ring's ranks and the loss."""
+    return torch.autocast(device_type=tensor.device.type, enabled=False)
+
+
 def sampled_contrast(anchor, positive, negatives, sampler, temperature):
     """InfoNCE of unit ``anchor`` (B, d) against ``positive`` (B, d) and per-anchor ``negatives``
     (B, K, d) or shared ``negatives`` (K, d), after the sampler picks which negatives count.
 
     Returns ``(loss, kept)`` where ``kept`` is the mean number of negatives per anchor.
     """
-    positive_logit = (anchor * positive).sum(dim=1)
-    if negatives.dim() == 3:
-        negative_logits = torch.einsum("bd,bkd->bk", anchor, negatives)
-    else:
-        negative_logits = anchor @ negatives.T
-    keep = sampler.select(negative_logits)
-    loss = info_nce(positive_logit / temperature, negative_logits / temperature, keep)
+    with full_precision(anchor):
+        positive_logit = (anchor * positive).sum(dim=1)
+        if negatives.dim() == 3:
+            negative_logits = torch.einsum("bd,bkd->bk", anchor, negatives)
+        else:
+            negative_logits = anchor @ negatives.T
+        keep = sampler.select(negative_logits)
+        loss = info_nce(positive_logit / temperature, negative_logits / temperature, keep)
     kept = negative_logits.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
     return loss, kept
 

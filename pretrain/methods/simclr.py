@@ -13,6 +13,7 @@ from pretrain.methods.base import (
     ContrastiveMethod,
     backbone_from_config,
     embed,
+    full_precision,
     projection_head,
 )
 
@@ -40,12 +41,13 @@ class SimCLR(ContrastiveMethod):
         rank = dist.get_rank() if is_distributed() else 0
         mine = torch.arange(rank * batch, (rank + 1) * batch, device=z.device)
         anchors = torch.cat([mine, mine + first.shape[0]])
-        similarity = everyone[anchors] @ everyone.T
         partner = pair_partner(everyone.shape[0]).to(z.device)[anchors]
         negative_index = in_batch_negative_index(everyone.shape[0], z.device)[anchors]
-        positive = similarity.gather(1, partner.unsqueeze(1)).squeeze(1)
-        negatives = similarity.gather(1, negative_index)
-        keep = sampler.select(negatives)
-        loss = info_nce(positive / self.temperature, negatives / self.temperature, keep)
+        with full_precision(z):
+            similarity = everyone[anchors] @ everyone.T
+            positive = similarity.gather(1, partner.unsqueeze(1)).squeeze(1)
+            negatives = similarity.gather(1, negative_index)
+            keep = sampler.select(negatives)
+            loss = info_nce(positive / self.temperature, negatives / self.temperature, keep)
         kept = negatives.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
         return loss, {"negatives": kept}
