@@ -20,7 +20,7 @@ rounds of images/s, and ``loader/synthetic`` their ratio; ``data wait`` is the s
 loader segment spent waiting for a batch (near 0: the GPU is the bottleneck).
 
 Presets: ``gpu`` = ResNet-50 at 224 px, batch 256, queue 65,536 (issue 8's target: Ring-MoCo
->= 2,000 img/s and loader >= 0.9x synthetic); ``cpu`` = ResNet-18 width 0.25 at 64 px, batch
+>= 2,000 img/s and loader >= 0.9x synthetic); ``cpu`` = ResNet-18 width 0.25 at 32 px, batch
 64, queue 4,096, finishing in a few minutes on 2 cores; ``smoke`` = seconds, for the tests.
 """
 
@@ -72,14 +72,14 @@ PRESETS = {
     "cpu": {
         "device": "cpu",
         "model": {"arch": "resnet18", "width": 0.25, "stem": "imagenet"},
-        "image_size": 64,
+        "image_size": 32,
         "batch": 64,
         "queue": 4096,
         "data": "fashion_mnist",
         "workers": 1,
-        "warmup": 3,
-        "steps": 15,
-        "rounds": 2,
+        "warmup": 2,
+        "steps": 10,
+        "rounds": 3,
     },
     "smoke": {
         "device": "cpu",
