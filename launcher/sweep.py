@@ -114,6 +114,18 @@ def _check_names(names, where):
             raise LauncherError(f"{where} name {name!r} must be a plain folder name")
 
 
+def _check_resource_types(resources):
+    defaults = Resources()
+    for key, value in resources.items():
+        default = getattr(defaults, key)
+        expected = (
+            (int, float) if key == "mem_gb" else type(default) if default is not None else str
+        )
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            kind = "a number" if key == "mem_gb" else f"of type {expected.__name__}"
+            raise LauncherError(f"resources.{key} is {value!r}; it must be {kind}")
+
+
 def load_sweep(path):
     """Read and validate a sweep file; paths come back absolute, checked to exist."""
     path = Path(path)
@@ -139,6 +151,7 @@ def load_sweep(path):
         raise LauncherError(f"seeds {seeds} repeat a value; list each seed once")
     resources = raw.get("resources") or {}
     _check_keys(resources, Resources.field_names(), "resources")
+    _check_resource_types(resources)
     return {
         "checkpoints": {name: _checkpoint_entry(name, e) for name, e in checkpoints.items()},
         "tasks": {name: _task_entry(name, e) for name, e in tasks.items()},

@@ -87,6 +87,11 @@ def test_run_opts_put_the_runs_own_weights_output_and_seed_last(tmp_path, inputs
         ({"checkpoints": {}}, "checkpoints must be a non-empty mapping"),
         ({"checkpoints": {"a/b": "/x"}}, "plain folder name"),
         ({"resources": {"gpus": 1}}, "unknown key 'gpus' in resources.*gpus_per_node"),
+        (
+            {"resources": {"gpus_per_node": "8"}},
+            "resources.gpus_per_node is '8'; it must be of type int",
+        ),
+        ({"resources": {"mem_gb": "lots"}}, "resources.mem_gb is 'lots'; it must be a number"),
     ],
 )
 def test_bad_sweep_files_are_one_line_errors(tmp_path, inputs, change, message):
