@@ -417,7 +417,8 @@ def train(cfg):
                 "knn_top1": metrics.get("knn_top1"),
                 **sampler.stats(),
             }
-            if due(epoch_done, cfg.knn.every_epochs, last_epoch) and info.is_main:
+            monitored = due(epoch_done, cfg.knn.every_epochs, last_epoch)
+            if monitored and info.is_main:
                 # rank 0 alone embeds the monitor sets; the others wait at the barrier below
                 metrics["knn_top1"] = knn_monitor(
                     method,
@@ -432,9 +433,7 @@ def train(cfg):
                     writer.add_scalar("knn/top1", metrics["knn_top1"], global_step)
             barrier()
             if info.is_main:
-                knn_text = (
-                    "" if metrics["knn_top1"] is None else f" knn_top1 {metrics['knn_top1']:.4f}"
-                )
+                knn_text = f" knn_top1 {metrics['knn_top1']:.4f}" if monitored else ""
                 print(
                     f"epoch {epoch_done}/{last_epoch} loss {metrics['loss']:.4f} "
                     f"{metrics['images_per_second']:.0f} img/s{knn_text}",
