@@ -21,6 +21,7 @@ medians and their ratios come from one run.
 """
 
 import argparse
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ PRESETS = {
             Shape("moco", batch=256, candidates=65536, dim=128, temperature=0.2, has_targets=True),
             Shape("ir", batch=256, candidates=4096, dim=128, temperature=0.07, bank=50000),
         ),
-        "repeats": 7,
+        "repeats": 11,
     },
     "smoke": {
         "shapes": (
@@ -199,6 +200,11 @@ def measure_shape(shape, device, sampler_options, repeats):
     for backward in (False, True):
         times = interleaved_times(timed_variants(functions, inputs, backward), device, repeats)
         medians = {name: median(times[name]) for name in VARIANTS}
+        # Variants of one repetition ran back to back: their ratio cancels slow drift.
+        paired = {
+            "ring_over_uniform": [r / u for r, u in zip(times["ring"], times["uniform"])],
+            "sort_over_ring": [s / r for s, r in zip(times["full_sort"], times["ring"])],
+        }
         rows.append(
             {
                 "device": device.type,
@@ -214,10 +220,20 @@ def measure_shape(shape, device, sampler_options, repeats):
                 **{f"{name}_s": medians[name] for name in VARIANTS},
                 "ring_over_uniform": medians["ring"] / medians["uniform"],
                 "sort_over_ring": medians["full_sort"] / medians["ring"],
+                **{f"{name}_quartiles": quartiles(values) for name, values in paired.items()},
+                "seconds_per_repeat": times,
                 **agreement,
             }
         )
     return rows
+
+
+def quartiles(values):
+    """(25th, 75th) percentiles: the spread of the per-repetition ratios."""
+    if len(values) < 2:
+        return (values[0], values[0])
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return (low, high)
 
 
 def verdict(row):
@@ -233,17 +249,24 @@ def verdict(row):
 
 
 def print_table(rows):
+    print("medians; ratios of medians, [per-repetition ratio quartiles]")
     header = (
         f"{'device':6} {'shape':5} {'pass':16} {'uniform s':>10} {'ring s':>10} "
-        f"{'sort s':>10} {'ring/unif':>9} {'sort/ring':>9} {'loss diff':>9}  verdict"
+        f"{'sort s':>10} {'ring/unif':>16} {'sort/ring':>16} {'loss diff':>9}  verdict"
     )
     print(header)
     for row in rows:
         print(
             f"{row['device']:6} {row['shape']:5} {row['pass']:16} {row['uniform_s']:10.4f} "
-            f"{row['ring_s']:10.4f} {row['full_sort_s']:10.4f} {row['ring_over_uniform']:9.2f} "
-            f"{row['sort_over_ring']:9.2f} {row['loss_max_diff']:9.1e}  {verdict(row)}"
+            f"{row['ring_s']:10.4f} {row['full_sort_s']:10.4f} "
+            f"{spread(row, 'ring_over_uniform'):>16} {spread(row, 'sort_over_ring'):>16} "
+            f"{row['loss_max_diff']:9.1e}  {verdict(row)}"
         )
+
+
+def spread(row, name):
+    low, high = row[f"{name}_quartiles"]
+    return f"{row[name]:.2f} [{low:.2f}-{high:.2f}]"
 
 
 def parse_args(argv=None):
