@@ -126,6 +126,14 @@ def nearest_key_hint(path, schema):
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def is_float_text(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def type_name(value):
     return type(value).__name__
 
@@ -138,6 +146,8 @@ def check_value(path, value, default):
             return value
     elif isinstance(default, float) and isinstance(value, int):
         return float(value)
+    elif isinstance(default, float) and isinstance(value, str) and is_float_text(value):
+        return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
         return list(value)
     elif isinstance(value, type(default)):

@@ -63,3 +63,11 @@ def test_save_round_trip(tmp_path):
     cfg = load_config(write(tmp_path / "c.yaml", "optim:\n  lr: 0.2\n"), (), SCHEMA)
     save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(tmp_path / "out" / "config.yaml", (), SCHEMA) == cfg
+
+
+def test_exponent_without_dot_is_a_float(tmp_path):
+    path = write(tmp_path / "c.yaml", "optim:\n  lr: 1e-3\n")
+    assert load_config(path, ["method.temperature=2e-1"], SCHEMA).optim.lr == 1e-3
+    assert load_config(path, ["method.temperature=2e-1"], SCHEMA).method.temperature == 0.2
+    with pytest.raises(ConfigError, match="'optim.lr' expects float"):
+        load_config(path, ["optim.lr=fast"], SCHEMA)
