@@ -487,4 +487,5 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(payload, handle, indent=1, default=str)
         handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the result from other users
     os.replace(tmp, path)

@@ -366,6 +366,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared report from other users
     os.replace(tmp, path)
 
 
@@ -403,9 +404,11 @@ def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=
         ax.set_title(label)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(max(0.0, min(lows, default=5.0) - 5), 100)
-    axes[0][0].legend(loc="lower left", fontsize=8)
+    # one legend below the panels, where it cannot hide a bar
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(f"ring vs uniform negatives (mean ± {confidence:.0%} CI over seeds)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120)
