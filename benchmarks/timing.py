@@ -91,12 +91,13 @@ def machine_facts():
 
 
 def load_warning(facts):
-    """A line to print when other processes competed for the CPU during a measurement."""
+    """A line to print when more runnable work than CPUs was measured (its own threads count:
+    a load just above the CPU count can be the benchmark alone)."""
     load, cpus = facts.get("load_average_1min"), facts.get("cpus")
     if load is not None and cpus and load > cpus:
         return (
-            f"warning: load average {load:.1f} on {cpus} CPUs: other processes shared the CPU, "
-            "so CPU figures are pessimistic; rerun on a quiet machine"
+            f"warning: load average {load:.1f} on {cpus} CPUs (this run's threads included): "
+            "if other processes were running, CPU figures are pessimistic; rerun when quiet"
         )
     return None
 

@@ -17,10 +17,11 @@ channels_last on a GPU, backward, SGD step, and the trainer's ``loss.item()``. I
 Rounds interleave the feeds and methods; each segment skips warm-up steps (worker start,
 allocator, autotuning) and times the rest. The figure reported per feed is the median over
 rounds of images/s, and ``loader/synthetic`` their ratio; ``data wait`` is the share of the
-loader segment spent waiting for a batch (near 0: the GPU is the bottleneck).
+loader segment spent waiting for a batch (near 0: the GPU is the bottleneck), and
+``loader_only`` the rate of the loader alone, iterated without training (what it could feed).
 
 Presets: ``gpu`` = ResNet-50 at 224 px, batch 256, queue 65,536 (issue 8's target: Ring-MoCo
->= 2,000 img/s and loader >= 0.9x synthetic); ``cpu`` = ResNet-18 width 0.25 at 32 px, batch
+>= 2,000 img/s and loader >= 0.9x synthetic); ``cpu`` = ResNet-18 width 0.25 at 64 px, batch
 64, queue 4,096, finishing in a few minutes on 2 cores; ``smoke`` = seconds, for the tests.
 """
 
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 from timing import load_warning, machine_facts, median, synchronize, write_json  # noqa: E402
 
 METHODS = {"moco": "uniform", "ring-moco": "ring"}  # benchmark name -> sampler
-FEEDS = ("synthetic", "loader")
+FEEDS = ("synthetic", "loader", "loader_only")
 TARGET_IMAGES_PER_SECOND = 2000  # Ring-MoCo v2 ResNet-50 on one H200-class GPU
 TARGET_LOADER_OVER_SYNTHETIC = 0.9
 
@@ -72,13 +73,13 @@ PRESETS = {
     "cpu": {
         "device": "cpu",
         "model": {"arch": "resnet18", "width": 0.25, "stem": "imagenet"},
-        "image_size": 32,
+        "image_size": 64,
         "batch": 64,
         "queue": 4096,
         "data": "fashion_mnist",
         "workers": 1,
-        "warmup": 2,
-        "steps": 10,
+        "warmup": 3,
+        "steps": 30,
         "rounds": 3,
     },
     "smoke": {
@@ -194,10 +195,14 @@ class Trainee:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
         with autocast:
             loss, _ = self.method(views, indices, self.sampler)
+        # The trainer's two GPU syncs per step: the finiteness check before backward, and
+        # reading the loss after the update.
+        if not torch.isfinite(loss):
+            raise PretrainError(f"loss became {loss.item()} in the benchmark step")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return loss.item()  # the trainer reads the loss every step (a GPU sync)
+        return loss.item()
 
 
 # ---- measurement ---------------------------------------------------------------------------
@@ -235,6 +240,20 @@ def loader_segment(trainee, loader, batch, warmup, steps):
     finally:
         del iterator  # stops the workers so they do not compete with the next segment
     return {"images_per_second": batch * steps / elapsed, "data_wait_share": waited / elapsed}
+
+
+def loader_only_segment(loader, batch, warmup, steps):
+    """Images/s of the loader alone (no training): the most it can feed the step."""
+    iterator = iter(loader)
+    try:
+        for step in range(warmup + steps):
+            if step == warmup:
+                start = time.perf_counter()
+            next(iterator)
+        elapsed = time.perf_counter() - start
+    finally:
+        del iterator
+    return {"images_per_second": batch * steps / elapsed}
 
 
 def default_workers(preset):
@@ -282,7 +301,7 @@ def measure(preset, args, scratch):
     figures = {(name, feed): [] for name in args.methods for feed in FEEDS}
     waits = {name: [] for name in args.methods}
     for round_index in range(rounds):
-        order = FEEDS if round_index % 2 == 0 else FEEDS[::-1]
+        order = FEEDS if round_index % 2 == 0 else FEEDS[::-1]  # alternate who goes first
         for name in args.methods:
             for feed in order:
                 print(f"round {round_index + 1}/{rounds}: {name} {feed}", file=sys.stderr)
@@ -290,6 +309,8 @@ def measure(preset, args, scratch):
                     result = synthetic_segment(
                         trainees[name], batch, preset["image_size"], warmup, steps
                     )
+                elif feed == "loader_only":
+                    result = loader_only_segment(loaders[name], batch, warmup, steps)
                 else:
                     result = loader_segment(trainees[name], loaders[name], batch, warmup, steps)
                     waits[name].append(result["data_wait_share"])
@@ -305,6 +326,7 @@ def measure(preset, args, scratch):
                 "synthetic_images_per_second": synthetic,
                 "loader_images_per_second": loader,
                 "loader_over_synthetic": loader / synthetic,
+                "loader_only_images_per_second": median(figures[(name, "loader_only")]),
                 "data_wait_share": median(waits[name]),
                 "per_round": {feed: figures[(name, feed)] for feed in FEEDS},
             }
@@ -341,13 +363,14 @@ def print_table(preset_name, setup, rows):
     print(f"setup: {setup}")
     print(
         f"{'method':10} {'device':6} {'synthetic img/s':>15} {'loader img/s':>12} "
-        f"{'loader/synth':>12} {'data wait':>9}  verdict"
+        f"{'loader/synth':>12} {'data wait':>9} {'loader-only img/s':>17}  verdict"
     )
     for row in rows:
         print(
             f"{row['method']:10} {row['device']:6} {row['synthetic_images_per_second']:15.1f} "
             f"{row['loader_images_per_second']:12.1f} {row['loader_over_synthetic']:12.2f} "
-            f"{row['data_wait_share']:9.0%}  {verdict(preset_name, row)}"
+            f"{row['data_wait_share']:9.0%} {row['loader_only_images_per_second']:17.1f}  "
+            f"{verdict(preset_name, row)}"
         )
 
 

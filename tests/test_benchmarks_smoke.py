@@ -65,6 +65,8 @@ def test_train_throughput_smoke_measures_both_feeds(tmp_path):
     assert [row["method"] for row in report["rows"]] == ["moco", "ring-moco"]
     for row in report["rows"]:
         assert row["synthetic_images_per_second"] > 0 and row["loader_images_per_second"] > 0
+        assert row["loader_only_images_per_second"] > 0
+        assert 0 <= row["data_wait_share"] <= 1
         assert row["loader_over_synthetic"] == pytest.approx(
             row["loader_images_per_second"] / row["synthetic_images_per_second"]
         )
