@@ -5,7 +5,9 @@ setup(
     version="0.1.0",
     description="Contrastive pretraining with Ring (conditional) negatives and Detectron2 transfer",
     python_requires=">=3.10",
-    packages=find_packages(include=["pretrain", "pretrain.*", "transfer", "transfer.*", "launcher", "launcher.*"]),
+    packages=find_packages(
+        include=["pretrain", "pretrain.*", "transfer", "transfer.*", "launcher", "launcher.*"]
+    ),
     install_requires=[
         "torch>=2.1",
         "torchvision",

@@ -14,12 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pretrain.config import ConfigError
 from pretrain.data import load_source
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 from pretrain.linear_eval import eval_options, evaluate_checkpoint, raw_pixel_floor
 from pretrain.trainer import load_pretrain_config, train
-from transfer.config import TransferError
 from transfer.engine import run as run_transfer_config
 from transfer.weights import convert
 
@@ -234,7 +232,7 @@ def main():
     run_dir = Path(os.environ.get("DEMO_DIR", REPO / "runs" / f"demo-{stamp}")).resolve()
     try:
         table = run_demo(run_dir, budget)
-    except (ConfigError, PretrainError, TransferError) as error:
+    except RingNCEError as error:
         print(f"error: {error} (the demo's outputs so far are under {run_dir})", file=sys.stderr)
         return 2
     print("\n" + table)

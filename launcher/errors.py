@@ -1,5 +1,7 @@
 """The launcher's error type: a problem the user can fix, told in one line."""
 
+from pretrain.errors import RingNCEError
 
-class LauncherError(Exception):
+
+class LauncherError(RingNCEError):
     """Bad input, an unreachable cluster or a rejected submission; the message names the fix."""

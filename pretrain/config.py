@@ -12,10 +12,12 @@ from pathlib import Path
 
 import yaml
 
+from pretrain.errors import RingNCEError
+
 BASE_KEY = "_base_"
 
 
-class ConfigError(ValueError):
+class ConfigError(RingNCEError, ValueError):
     """A config problem the user can fix; its message is one line."""
 
 

@@ -1,5 +1,12 @@
-"""The error type of the pretraining library: a problem the user can fix, told in one line."""
+"""The project's error types: a problem the user can fix, told in one line.
+
+Every entry point catches ``RingNCEError``, prints ``error: <message>`` and exits with status 2.
+"""
 
 
-class PretrainError(Exception):
+class RingNCEError(Exception):
     """Bad input or a failed run; the message names the problem and the fix."""
+
+
+class PretrainError(RingNCEError):
+    """A pretraining, evaluation or conversion problem."""

@@ -9,8 +9,7 @@ import json
 import os
 import sys
 
-from pretrain.config import ConfigError
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 from pretrain.trainer import load_pretrain_config, train
 
 
@@ -27,7 +26,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         metrics = train(load_pretrain_config(args.config, args.overrides))
-    except (ConfigError, PretrainError) as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process

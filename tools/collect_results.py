@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from launcher.collect import write_reports
-from launcher.errors import LauncherError
+from pretrain.errors import RingNCEError
 
 
 def main(argv=None):
@@ -19,7 +19,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         markdown, missing = write_reports(args.sweep_dir)
-    except LauncherError as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(markdown, end="")

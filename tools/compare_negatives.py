@@ -16,9 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from launcher.errors import LauncherError
-from pretrain.config import ConfigError
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 from pretrain.study import run_study_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +62,7 @@ def main(argv=None):
     started = time.time()
     try:
         headline = run_study_from_args(args, command, started)
-    except (PretrainError, ConfigError, LauncherError) as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for method, verdict in headline.items():

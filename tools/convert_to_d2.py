@@ -14,7 +14,7 @@ transfer/weights.py.
 import argparse
 import sys
 
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 from transfer.weights import FORMATS, convert
 
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             pixel_mean=args.pixel_mean,
             pixel_std=args.pixel_std,
         )
-    except PretrainError as error:  # ConversionError and bad meta reaching the backbone builder
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_report(report))

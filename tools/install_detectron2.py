@@ -56,7 +56,9 @@ def main():
         print("detectron2: compiled build found (detectron2._C present); using it")
         return
     if state == "python-only":
-        print("detectron2: v0.6 Python package present; detectron2._C comes from ring-nce's fallback")
+        print(
+            "detectron2: v0.6 Python package present; detectron2._C comes from ring-nce's fallback"
+        )
         return
     if importlib.util.find_spec("torch") is None:
         sys.exit("install_detectron2: torch must be installed first (its setup.py imports torch)")

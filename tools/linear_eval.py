@@ -10,8 +10,7 @@ checkpoint's, CMC: L and ab concatenated), device=cpu|cuda, output=PATH, data_ro
 import argparse
 import sys
 
-from pretrain.config import ConfigError
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 from pretrain.linear_eval import evaluate_checkpoint
 
 
@@ -22,7 +21,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         result = evaluate_checkpoint(args.checkpoint, args.overrides)
-    except (PretrainError, ConfigError) as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     metrics = result["metrics"]

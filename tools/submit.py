@@ -22,8 +22,7 @@ from launcher.errors import LauncherError
 from launcher.executors import CLUSTERS, Resources, make_executor, submit, unique_log_folder
 from launcher.jobs import PretrainJob, TransferJob, load_pretrain_config
 from launcher.sweep import load_sweep, submit_sweep
-from pretrain.config import ConfigError
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 
 DEFAULTS = Resources()
 
@@ -111,16 +110,14 @@ def _transfer_output_dir(opts):
 
 def submit_transfer(args):
     import transfer  # noqa: F401  (Detectron2's _C fallback first)
-    from transfer.config import TransferError, build_config
+    from transfer.config import build_config
 
     if len(args.opts) % 2:
         raise LauncherError("transfer opts must be KEY VALUE pairs (an even number of words)")
     resources = resources_from(args, "ring-nce-transfer", 1)
     num_gpus = max(1, resources.gpus_per_node)
-    try:  # a bad config or missing weights file fails here, not after hours in the queue
-        build_config(args.config, args.opts, num_gpus=1, num_machines=1)
-    except TransferError as error:
-        raise LauncherError(str(error)) from error
+    # a bad config or missing weights file fails here, not after hours in the queue
+    build_config(args.config, args.opts, num_gpus=1, num_machines=1)
     folder = log_folder(args, Path(_transfer_output_dir(args.opts)) / "submitit", "transfer")
     executor = make_executor(args.cluster, folder, resources)
     return [submit(executor, resources, TransferJob(num_gpus), args.config, args.opts)]
@@ -177,7 +174,7 @@ def main(argv=None):
             return run_sweep(args)
         jobs = submitters[args.command](args)
         return report_jobs(jobs, args.wait or args.cluster == "debug")
-    except (LauncherError, ConfigError, PretrainError) as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from detectron2.config import CfgNode, get_cfg
 
+from pretrain.errors import RingNCEError
+
 # transfer configs that need converted weights say so instead of silently training from scratch
 REQUIRED_WEIGHTS = "REQUIRED"
 SYNC_NORMS = ("SyncBN", "nnSyncBN", "naiveSyncBN")
@@ -24,7 +26,7 @@ NARROW_BACKBONE_BUILDERS = {
 }
 
 
-class TransferError(RuntimeError):
+class TransferError(RingNCEError):
     """Bad input to a transfer run; the message is one line naming the problem and the fix."""
 
 

@@ -9,7 +9,7 @@ Flags: --config-file, --num-gpus, --num-machines, --machine-rank, --dist-url, --
 
 import sys
 
-from transfer.config import TransferError
+from pretrain.errors import RingNCEError
 from transfer.engine import run
 
 from detectron2.engine import default_argument_parser  # isort: skip  (after transfer: _C fallback)
@@ -28,7 +28,7 @@ def main(argv=None):
             resume=args.resume,
             eval_only=args.eval_only,
         )
-    except TransferError as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
