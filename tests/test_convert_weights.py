@@ -16,12 +16,7 @@ from transfer.weights import ConversionError, convert
 FASHION_MEAN, FASHION_STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def randomize(net: nn.Module, seed: int) -> nn.Module:

@@ -12,14 +12,7 @@ from pretrain.linear_eval import (
     topk_accuracy,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny networks: a second thread only adds contention on the shared 2-core CI machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def image_batches(num_images, batch_size=8, seed=0):
