@@ -277,73 +277,84 @@ def prepare_data(preset, args, scratch):
     return "jpeg", str(root), mean_bytes
 
 
-def measure(preset, args, scratch):
+def build_runs(preset, methods, data_name, data_root, workers, steps):
+    """Per method: a ``Trainee`` and the trainer's loader over enough images for a segment."""
     device = torch.device(preset["device"])
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PretrainError("preset 'gpu' needs a CUDA GPU and none is visible; use --preset cpu")
-    data_name, data_root, jpeg_bytes = prepare_data(preset, args, scratch)
-    workers = args.workers if args.workers is not None else default_workers(preset)
-    steps = args.steps or preset["steps"]
-    rounds = args.rounds or preset["rounds"]
     warmup, batch = preset["warmup"], preset["batch"]
     trainees, loaders = {}, {}
-    info = DistInfo(device=device)
-    for name in args.methods:
+    for name in methods:
         cfg = benchmark_config(preset, METHODS[name], data_name, data_root, workers)
-        source = load_source(cfg.data)
-        train_set, _, _ = build_datasets(cfg, cfg.method, source)
+        train_set, _, _ = build_datasets(cfg, cfg.method, load_source(cfg.data))
         if len(train_set) < batch:
             raise PretrainError(f"{len(train_set)} training images, fewer than a batch ({batch})")
         needed = (warmup + steps) * batch
         train_set = Repeated(train_set, -(-needed // len(train_set)))
         trainees[name] = Trainee(cfg, len(train_set), device)
-        loaders[name] = train_loader(train_set, batch, 0, cfg, info)
-    figures = {(name, feed): [] for name in args.methods for feed in FEEDS}
-    waits = {name: [] for name in args.methods}
+        loaders[name] = train_loader(train_set, batch, 0, cfg, DistInfo(device=device))
+    return trainees, loaders
+
+
+def interleaved_rounds(preset, trainees, loaders, steps, rounds):
+    """``{(method, feed): [images/s per round]}`` and ``{method: [data wait share]}``."""
+    warmup, batch = preset["warmup"], preset["batch"]
+    figures = {(name, feed): [] for name in trainees for feed in FEEDS}
+    waits = {name: [] for name in trainees}
     for round_index in range(rounds):
         order = FEEDS if round_index % 2 == 0 else FEEDS[::-1]  # alternate who goes first
-        for name in args.methods:
+        for name, trainee in trainees.items():
             for feed in order:
                 print(f"round {round_index + 1}/{rounds}: {name} {feed}", file=sys.stderr)
                 if feed == "synthetic":
-                    result = synthetic_segment(
-                        trainees[name], batch, preset["image_size"], warmup, steps
-                    )
+                    result = synthetic_segment(trainee, batch, preset["image_size"], warmup, steps)
                 elif feed == "loader_only":
                     result = loader_only_segment(loaders[name], batch, warmup, steps)
                 else:
-                    result = loader_segment(trainees[name], loaders[name], batch, warmup, steps)
+                    result = loader_segment(trainee, loaders[name], batch, warmup, steps)
                     waits[name].append(result["data_wait_share"])
                 figures[(name, feed)].append(result["images_per_second"])
-    rows = []
-    for name in args.methods:
-        synthetic = median(figures[(name, "synthetic")])
-        loader = median(figures[(name, "loader")])
-        rows.append(
-            {
-                "method": name,
-                "device": device.type,
-                "synthetic_images_per_second": synthetic,
-                "loader_images_per_second": loader,
-                "loader_over_synthetic": loader / synthetic,
-                "loader_only_images_per_second": median(figures[(name, "loader_only")]),
-                "data_wait_share": median(waits[name]),
-                "per_round": {feed: figures[(name, feed)] for feed in FEEDS},
-            }
-        )
+    return figures, waits
+
+
+def summary_row(name, device, figures, waits):
+    synthetic = median(figures[(name, "synthetic")])
+    loader = median(figures[(name, "loader")])
+    return {
+        "method": name,
+        "device": device,
+        "synthetic_images_per_second": synthetic,
+        "loader_images_per_second": loader,
+        "loader_over_synthetic": loader / synthetic,
+        "loader_only_images_per_second": median(figures[(name, "loader_only")]),
+        "data_wait_share": median(waits[name]),
+        "per_round": {feed: figures[(name, feed)] for feed in FEEDS},
+    }
+
+
+def measure(preset, args, scratch):
+    """``(setup, rows)``: the preset's figures for every method in ``args.methods``."""
+    device = preset["device"]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PretrainError("preset 'gpu' needs a CUDA GPU and none is visible; use --preset cpu")
+    data_name, data_root, jpeg_bytes = prepare_data(preset, args, scratch)
+    workers = args.workers if args.workers is not None else default_workers(preset)
+    steps = args.steps or preset["steps"]
+    rounds = args.rounds or preset["rounds"]
+    trainees, loaders = build_runs(preset, args.methods, data_name, data_root, workers, steps)
+    figures, waits = interleaved_rounds(preset, trainees, loaders, steps, rounds)
+    rows = [summary_row(name, device, figures, waits) for name in args.methods]
     setup = {
         "arch": preset["model"]["arch"],
         "width": preset["model"]["width"],
         "image_size": preset["image_size"],
-        "batch": batch,
+        "batch": preset["batch"],
         "queue": preset["queue"],
         "data": data_name,
         "mean_jpeg_bytes": jpeg_bytes,
         "workers": workers,
-        "warmup_steps": warmup,
+        "warmup_steps": preset["warmup"],
         "timed_steps": steps,
         "rounds": rounds,
-        "bf16_channels_last": device.type == "cuda",
+        "bf16_channels_last": device == "cuda",
     }
     return setup, rows
 
@@ -389,7 +400,9 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, help="loader workers (default: the preset's)")
     parser.add_argument("--steps", type=int, help="timed steps per segment")
     parser.add_argument("--rounds", type=int, help="interleaved rounds")
-    parser.add_argument("--data-dir", help="JPEG folder to reuse or create (default: temporary)")
+    parser.add_argument(
+        "--data-dir", help="gpu/smoke presets: JPEG folder to reuse or create (default: temporary)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", help="also write the figures and machine facts here")
     return parser.parse_args(argv)
