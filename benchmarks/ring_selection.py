@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pretrain.errors import PretrainError
+from pretrain.errors import PretrainError, RingNCEError
 from pretrain.methods.base import sampled_contrast
 from pretrain.samplers import NegativeSampler, ring_rank_range
 
@@ -323,7 +323,7 @@ def run(args):
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except PretrainError as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -39,10 +39,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pretrain.config import ConfigError
 from pretrain.data import load_source
 from pretrain.distributed import DistInfo
-from pretrain.errors import PretrainError
+from pretrain.errors import PretrainError, RingNCEError
 from pretrain.methods import build_method
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config, build_datasets, train_loader
@@ -423,8 +422,6 @@ def run(args):
     scratch = tempfile.mkdtemp(prefix="ring-nce-throughput-")
     try:
         setup, rows = measure(preset, args, scratch)
-    except ConfigError as error:
-        raise PretrainError(str(error)) from None
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     facts_after = machine_facts()
@@ -452,7 +449,7 @@ def run(args):
 def main(argv=None):
     try:
         run(parse_args(argv))
-    except PretrainError as error:
+    except RingNCEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -23,11 +23,8 @@ def load_script(name):
     return module
 
 
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+# The scripts' --threads 1 sets what this fixture restores afterwards.
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_ring_selection_smoke_agrees_and_reports_every_case(tmp_path, capsys):
