@@ -1,22 +1,18 @@
-"""InfoNCE over a positive and a (possibly masked) set of negatives, via ``logsumexp``.
+"""InfoNCE over a positive and a set of negatives, via ``logsumexp``.
 
-Every method reduces to: per anchor, one positive logit and a row of negative logits, of which
-a sampler may keep only some. Dropped negatives become ``-inf`` logits, so they contribute
-``exp(-inf) = 0`` to the partition; the positive is always in it, so no row is ever empty.
+Every method reduces to: per anchor, one positive logit and a row of negative logits (all of the
+candidates, or the columns a sampler kept); the positive is always in the partition.
 """
 
 import torch
 import torch.nn.functional as F
 
 
-def info_nce(positive, negatives, keep=None):
-    """Mean of ``-log(exp(p) / (exp(p) + sum_kept exp(n)))`` over anchors.
+def info_nce(positive, negatives):
+    """Mean of ``-log(exp(p) / (exp(p) + sum exp(n)))`` over anchors.
 
-    ``positive``: (B,) logits, already divided by the temperature; ``negatives``: (B, K);
-    ``keep``: optional (B, K) bool mask of the negatives that enter the partition.
+    ``positive``: (B,) logits, already divided by the temperature; ``negatives``: (B, K).
     """
-    if keep is not None:
-        negatives = negatives.masked_fill(~keep, float("-inf"))
     logits = torch.cat([positive.unsqueeze(1), negatives], dim=1)
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 

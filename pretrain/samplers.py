@@ -1,13 +1,14 @@
 """Negative samplers: ``uniform`` (the method's usual negatives) and ``ring`` (Wu et al. 2021).
 
-A sampler sees each anchor's similarities to its K candidate negatives and returns the mask of
-those that enter the loss (``None`` = all of them). Ring keeps, per anchor, the candidates whose
-similarity rank fraction ``r / K`` (rank 0 = most similar) lies in ``[lower, upper)``.
+A sampler sees each anchor's similarities to its K candidate negatives and returns the columns
+of those that enter the loss (``None`` = all of them). Ring keeps, per anchor, the candidates
+whose similarity rank ``r`` (0 = most similar) has ``r / K`` in ``[lower, upper)``.
 
-Tie rule: the ring is cut by *value*. With ``s_(r)`` the r-th largest similarity, the kept set
-is every candidate with ``s_(stop-1) <= s <= s_(start)``, so candidates tied with a boundary
-value are all kept (the ring may then hold more than ``stop - start`` entries, never fewer).
-Only a top-k of ``stop`` values per row is computed, never a full sort of the B x K matrix.
+Ranks are those of a full sort, as in the original implementation: every anchor keeps exactly
+``stop - start`` candidates; candidates tied at a boundary take consecutive ranks in any order
+(tied values are equal, so the loss does not depend on which). The ring costs one unsorted
+top-k of ``stop`` per row and a small selection inside it, never a sort of the B x K matrix,
+and the loss then runs over the ring alone (a tenth of the row at upper=0.1), not a masked row.
 """
 
 import math
@@ -34,24 +35,21 @@ def ring_rank_range(num_candidates, lower, upper):
     return max(start, 0), max(stop, start + 1)
 
 
-def ring_mask(similarity, lower, upper):
-    """(B, K) bool mask of the ring of each row of ``similarity`` (see the module's tie rule)."""
+def ring_columns(similarity, lower, upper):
+    """(B, stop - start) column indices of the ranks ``start <= r < stop`` of each row."""
     start, stop = ring_rank_range(similarity.shape[1], lower, upper)
-    top = similarity.topk(stop, dim=1).values  # sorted, largest first
-    highest_kept = top[:, start : start + 1]
-    lowest_kept = top[:, stop - 1 : stop]
-    return (similarity <= highest_kept) & (similarity >= lowest_kept)
+    top = similarity.topk(stop, dim=1, sorted=False)
+    # the ring is the top `stop` without its `start` largest: its stop-start smallest
+    inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
+    return top.indices.gather(1, inner)
 
 
-def subsample_mask(keep, count, generator=None):
-    """Keep at most ``count`` entries per row of ``keep``, chosen uniformly among the kept."""
-    if count >= keep.shape[1]:
-        return keep
-    scores = torch.rand(keep.shape, generator=generator, device=keep.device)
-    scores = scores.masked_fill(~keep, -1.0)
-    chosen = scores.topk(count, dim=1).indices
-    picked = torch.zeros_like(keep).scatter_(1, chosen, True)
-    return picked & keep
+def subsample_columns(columns, count, generator=None):
+    """At most ``count`` of each row's ``columns``, chosen uniformly without replacement."""
+    if count >= columns.shape[1]:
+        return columns
+    scores = torch.rand(columns.shape, generator=generator, device=columns.device)
+    return columns.gather(1, scores.topk(count, dim=1, sorted=False).indices)
 
 
 class NegativeSampler:
@@ -111,17 +109,18 @@ class NegativeSampler:
         return self.name == "ring"
 
     def select(self, similarity):
-        """Mask of the kept negatives for (B, K) anchor-candidate similarities, or None (all)."""
+        """(B, M) columns of the kept negatives of (B, K) similarities, or None (all K)."""
         if not self.is_ring:
             return None
         similarity = similarity.detach()
         if self.lower <= 0.0 and self.upper >= 1.0:
-            keep = torch.ones_like(similarity, dtype=torch.bool)
+            columns = torch.arange(similarity.shape[1], device=similarity.device)
+            columns = columns.expand_as(similarity)
         else:
-            keep = ring_mask(similarity, self.lower, self.upper)
+            columns = ring_columns(similarity, self.lower, self.upper)
         if self.num_negatives is not None:
-            keep = subsample_mask(keep, self.num_negatives)
-        return keep
+            columns = subsample_columns(columns, self.num_negatives)
+        return columns
 
     def stats(self):
         return {"ring_upper": self.upper, "ring_lower": self.lower} if self.is_ring else {}

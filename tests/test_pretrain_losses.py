@@ -9,6 +9,7 @@ from torch import nn
 
 from pretrain.losses import info_nce
 from pretrain.methods import METHODS
+from pretrain.methods.base import sampled_contrast
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
 
@@ -32,17 +33,17 @@ def unit(*shape):
     return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
 
 
-def test_info_nce_with_mask_matches_loop():
+def test_ring_loss_matches_loop_over_the_ranked_negatives():
     torch.manual_seed(0)
-    anchor, positive, negatives = unit(6, 8), unit(6, 8), unit(6, 10, 8)
-    keep = torch.rand(6, 10) > 0.4
-    loss = info_nce(
-        (anchor * positive).sum(1) / 0.2,
-        torch.einsum("bd,bkd->bk", anchor, negatives) / 0.2,
-        keep,
-    )
-    kept = [negatives[i][keep[i]] for i in range(6)]
-    assert loss.item() == pytest.approx(reference_nce(anchor, positive, kept, 0.2), abs=1e-5)
+    anchor, positive, negatives = unit(6, 8), unit(6, 8), unit(6, 40, 8)
+    sampler = NegativeSampler("ring", upper=0.5, lower_ratio=0.2)  # ranks 4..19 of 40
+    loss, kept = sampled_contrast(anchor, positive, negatives, sampler, 0.2)
+    ring = []
+    for i in range(6):
+        order = sorted(range(40), key=lambda k: -float(anchor[i] @ negatives[i][k]))
+        ring.append(negatives[i][order[4:20]])
+    assert kept == 16
+    assert loss.item() == pytest.approx(reference_nce(anchor, positive, ring, 0.2), abs=1e-5)
 
 
 def test_info_nce_is_stable_for_large_logits():

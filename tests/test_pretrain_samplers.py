@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pretrain.errors import PretrainError
-from pretrain.samplers import NegativeSampler, ring_mask, ring_rank_range, subsample_mask
+from pretrain.samplers import NegativeSampler, ring_columns, ring_rank_range, subsample_columns
 from pretrain.schedules import lr_factor, ring_upper_at
 from pretrain.trainer import load_pretrain_config
 
@@ -19,13 +19,21 @@ def ranks_of(similarity):
     )
 
 
+def kept_mask(columns, num_candidates):
+    return torch.zeros(columns.shape[0], num_candidates, dtype=torch.bool).scatter_(
+        1, columns, True
+    )
+
+
 @pytest.mark.parametrize("lower, upper", [(0.01, 0.1), (0.0, 0.5), (0.2, 0.3), (0.05, 1.0)])
 def test_ring_keeps_exactly_the_rank_fractions(lower, upper):
     torch.manual_seed(0)
     similarity = torch.randn(7, 40)
     rank_fraction = ranks_of(similarity).double() / 40
     expected = (rank_fraction >= lower) & (rank_fraction < upper)
-    assert torch.equal(ring_mask(similarity, lower, upper), expected)
+    columns = ring_columns(similarity, lower, upper)
+    assert columns.shape[1] == expected[0].sum()  # no column twice
+    assert torch.equal(kept_mask(columns, 40), expected)
 
 
 def test_rank_range_is_exact_despite_float_error():
@@ -34,31 +42,35 @@ def test_rank_range_is_exact_despite_float_error():
     assert ring_rank_range(10, 0.0, 0.01) == (0, 1)  # never empty
 
 
-def test_ties_at_a_boundary_are_all_kept():
-    # ranks 1..3 asked for; the value 3 sits at ranks 2, 3 and 4, so rank 4 joins
+def test_ties_at_a_boundary_keep_the_values_of_the_sorted_ranks():
+    # ranks 1..3 asked for; the value 3 sits at ranks 2, 3 and 4: two of the three enter
     similarity = torch.tensor([[5.0, 4.0, 3.0, 3.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0]])
-    assert ring_mask(similarity, 0.1, 0.4).tolist() == [
-        [False, True, True, True, True] + [False] * 5
-    ]
-    # the top value tied twice: ranks 0 and 1 are the same value, so both stay out or in
+    kept = similarity.gather(1, ring_columns(similarity, 0.1, 0.4))
+    assert sorted(kept[0].tolist()) == [3.0, 3.0, 4.0]
+    # the top value tied twice: rank 1 is the second 9
     tied_top = torch.tensor([[9.0, 9.0, 1.0, 0.0]])
-    assert ring_mask(tied_top, 0.25, 0.75).tolist() == [[True, True, True, False]]
+    kept = tied_top.gather(1, ring_columns(tied_top, 0.25, 0.75))
+    assert sorted(kept[0].tolist()) == [1.0, 9.0]
 
 
-def test_positive_is_never_masked_and_full_ring_keeps_all():
+def test_full_ring_keeps_all_and_uniform_selects_nothing():
     sampler = NegativeSampler("ring", upper=1.0, lower_ratio=0.0)
-    assert sampler.select(torch.randn(3, 9)).all()
+    assert torch.equal(
+        sampler.select(torch.randn(3, 9)).sort(1).values, torch.arange(9).expand(3, 9)
+    )
     assert NegativeSampler("uniform").select(torch.randn(3, 9)) is None
 
 
 def test_num_negatives_draws_from_inside_the_ring():
     torch.manual_seed(1)
     similarity = torch.randn(5, 200)
-    ring = ring_mask(similarity, 0.05, 0.5)
-    drawn = subsample_mask(ring, 10)
-    assert (drawn.sum(1) == 10).all() and not (drawn & ~ring).any()
+    ring = ring_columns(similarity, 0.05, 0.5)
+    drawn = subsample_columns(ring, 10)
+    assert drawn.shape == (5, 10)
+    for row_drawn, row_ring in zip(drawn.tolist(), ring.tolist()):
+        assert len(set(row_drawn)) == 10 and set(row_drawn) <= set(row_ring)
     sampler = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives=10)
-    assert (sampler.select(similarity).sum(1) == 10).all()
+    assert sampler.select(similarity).shape == (5, 10)
 
 
 def test_linear_cosine_step_constant_upper():

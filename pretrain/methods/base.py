@@ -51,10 +51,11 @@ def sampled_contrast(anchor, positive, negatives, sampler, temperature):
             negative_logits = torch.einsum("bd,bkd->bk", anchor, negatives)
         else:
             negative_logits = anchor @ negatives.T
-        keep = sampler.select(negative_logits)
-        loss = info_nce(positive_logit / temperature, negative_logits / temperature, keep)
-    kept = negative_logits.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
-    return loss, kept
+        columns = sampler.select(negative_logits)
+        if columns is not None:
+            negative_logits = negative_logits.gather(1, columns)
+        loss = info_nce(positive_logit / temperature, negative_logits / temperature)
+    return loss, negative_logits.shape[1]
 
 
 class MemoryBank(nn.Module):

@@ -47,7 +47,8 @@ class SimCLR(ContrastiveMethod):
             similarity = everyone[anchors] @ everyone.T
             positive = similarity.gather(1, partner.unsqueeze(1)).squeeze(1)
             negatives = similarity.gather(1, negative_index)
-            keep = sampler.select(negatives)
-            loss = info_nce(positive / self.temperature, negatives / self.temperature, keep)
-        kept = negatives.shape[1] if keep is None else keep.sum(dim=1).float().mean().item()
-        return loss, {"negatives": kept}
+            columns = sampler.select(negatives)
+            if columns is not None:
+                negatives = negatives.gather(1, columns)
+            loss = info_nce(positive / self.temperature, negatives / self.temperature)
+        return loss, {"negatives": negatives.shape[1]}
