@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format
+.PHONY: setup demo test lint format bench
 setup:
 	@bash tools/setup_env.sh
 
@@ -19,3 +19,7 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/ring_selection.py
+	$(PY) benchmarks/train_throughput.py --preset cpu
