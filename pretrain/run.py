@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 from pretrain.trainer import load_pretrain_config, train
 
 
@@ -22,13 +22,10 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        metrics = train(load_pretrain_config(args.config, args.overrides))
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    metrics = train(load_pretrain_config(args.config, args.overrides))
     if int(os.environ.get("RANK", "0")) == 0:  # one summary line per run, not per process
         print(json.dumps(metrics))
     return 0

@@ -10,18 +10,15 @@ import argparse
 import sys
 
 from launcher.collect import write_reports
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 
 
+@one_line_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="the output_dir of a submitted sweep")
     args = parser.parse_args(argv)
-    try:
-        markdown, missing = write_reports(args.sweep_dir)
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    markdown, missing = write_reports(args.sweep_dir)
     print(markdown, end="")
     return 1 if missing else 0
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 from pretrain.study import run_study_from_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,16 +55,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@one_line_errors
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     command = "python tools/compare_negatives.py " + shlex.join(argv)
     started = time.time()
-    try:
-        headline = run_study_from_args(args, command, started)
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    headline = run_study_from_args(args, command, started)
     for method, verdict in headline.items():
         print(f"{method}: {verdict}")
     return 0

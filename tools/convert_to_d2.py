@@ -14,7 +14,7 @@ transfer/weights.py.
 import argparse
 import sys
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 from transfer.weights import FORMATS, convert
 
 
@@ -77,21 +77,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        report = convert(
-            args.checkpoint,
-            args.output,
-            encoder=args.encoder,
-            verify=args.verify,
-            fmt=args.fmt,
-            pixel_mean=args.pixel_mean,
-            pixel_std=args.pixel_std,
-        )
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    report = convert(
+        args.checkpoint,
+        args.output,
+        encoder=args.encoder,
+        verify=args.verify,
+        fmt=args.fmt,
+        pixel_mean=args.pixel_mean,
+        pixel_std=args.pixel_std,
+    )
     print(format_report(report))
     return 0
 

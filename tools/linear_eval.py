@@ -10,20 +10,17 @@ checkpoint's, CMC: L and ab concatenated), device=cpu|cuda, output=PATH, data_ro
 import argparse
 import sys
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 from pretrain.linear_eval import evaluate_checkpoint
 
 
+@one_line_errors
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="a ring-nce pretraining checkpoint (.pth)")
     parser.add_argument("overrides", nargs="*", help="key=value options")
     args = parser.parse_args(argv)
-    try:
-        result = evaluate_checkpoint(args.checkpoint, args.overrides)
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = evaluate_checkpoint(args.checkpoint, args.overrides)
     metrics = result["metrics"]
     print(
         f"linear top-1 {metrics['linear_top1']:.4f}  top-5 {metrics['linear_top5']:.4f}  "

@@ -22,7 +22,7 @@ from launcher.errors import LauncherError
 from launcher.executors import CLUSTERS, Resources, make_executor, submit, unique_log_folder
 from launcher.jobs import PretrainJob, TransferJob, load_pretrain_config
 from launcher.sweep import load_sweep, submit_sweep
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 
 DEFAULTS = Resources()
 
@@ -166,17 +166,14 @@ def report_jobs(jobs, wait):
     return status
 
 
+@one_line_errors
 def main(argv=None):
     args = parse_args(argv)
     submitters = {"pretrain": submit_pretrain, "transfer": submit_transfer, "probe": submit_probe}
-    try:
-        if args.command == "sweep":
-            return run_sweep(args)
-        jobs = submitters[args.command](args)
-        return report_jobs(jobs, args.wait or args.cluster == "debug")
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if args.command == "sweep":
+        return run_sweep(args)
+    jobs = submitters[args.command](args)
+    return report_jobs(jobs, args.wait or args.cluster == "debug")
 
 
 if __name__ == "__main__":

@@ -9,28 +9,25 @@ Flags: --config-file, --num-gpus, --num-machines, --machine-rank, --dist-url, --
 
 import sys
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import one_line_errors
 from transfer.engine import run
 
 from detectron2.engine import default_argument_parser  # isort: skip  (after transfer: _C fallback)
 
 
+@one_line_errors
 def main(argv=None):
     args = default_argument_parser().parse_args(argv)
-    try:
-        run(
-            args.config_file,
-            opts=args.opts,
-            num_gpus=args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            resume=args.resume,
-            eval_only=args.eval_only,
-        )
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run(
+        args.config_file,
+        opts=args.opts,
+        num_gpus=args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        resume=args.resume,
+        eval_only=args.eval_only,
+    )
     return 0
 
 
