@@ -2,12 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format bench
+.PHONY: setup demo demo-slurm test lint format bench
 setup:
 	@bash tools/setup_env.sh
 
 demo: setup
 	$(PY) tools/demo.py
+
+# the same demo with conversion and fine-tuning as one job array on a local Slurm cluster (root)
+demo-slurm: setup
+	bash tools/slurm/start_local_slurm.sh
+	DEMO_CLUSTER=slurm $(PY) tools/demo.py
 
 test: setup lint
 	$(PY) -m pytest $(PYTEST_ARGS)

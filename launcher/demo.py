@@ -4,6 +4,9 @@ Pretrain MoCo v2 with uniform and with Ring negatives on real Fashion-MNIST, eva
 (kNN + linear probe, beside the raw-pixel floor), convert both to verified Detectron2 weights,
 fine-tune Mask R-CNN on the real labelme VOC photos and Keypoint R-CNN on the generated
 keypoints fixture, and print one table. Everything lands under one run folder.
+
+``DEMO_CLUSTER=slurm`` (``make demo-slurm``) runs the conversion and the transfer runs as a
+sweep instead: a conversion job, then one Slurm job array, collected into the same table.
 """
 
 import contextlib
@@ -14,6 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from launcher.collect import write_reports
+from launcher.executors import Resources
+from launcher.sweep import load_sweep, submit_sweep, weights_path
 from pretrain.data import load_source
 from pretrain.errors import RingNCEError
 from pretrain.linear_eval import eval_options, evaluate_checkpoint, raw_pixel_floor
@@ -27,7 +35,7 @@ SAMPLERS = ("uniform", "ring")
 
 @dataclass(frozen=True)
 class Budget:
-    """How much of each stage the demo runs (full: ~15 min on 2 cores; fast: a few minutes)."""
+    """How much of each stage the demo runs (full: ~10 min on 2 cores; fast: ~2 min)."""
 
     train_images: int
     epochs: int
@@ -38,13 +46,14 @@ class Budget:
 
 
 FULL = Budget(
-    train_images=10000,
-    epochs=2,
+    train_images=30000,
+    epochs=4,
     eval_train_images=10000,
     eval_test_images=2000,
-    mask_iters=40,
-    keypoint_iters=20,
+    mask_iters=100,
+    keypoint_iters=50,
 )
+
 FAST = Budget(
     train_images=2048,
     epochs=1,
@@ -135,11 +144,23 @@ def run_conversion(run_dir, checkpoints, progress):
     return converted
 
 
-def run_transfer(run_dir, converted, budget, progress):
-    tasks = (
-        ("mask", "tiny_mask_rcnn_R50_FPN.yaml", budget.mask_iters),
-        ("keypoints", "tiny_keypoint_rcnn_R50_FPN.yaml", budget.keypoint_iters),
+def transfer_tasks(budget):
+    """(task, Detectron2 config, iterations) of the demo's fine-tuning runs."""
+    return (
+        (
+            "mask",
+            str(REPO / "configs" / "transfer" / "tiny_mask_rcnn_R50_FPN.yaml"),
+            budget.mask_iters,
+        ),
+        (
+            "keypoints",
+            str(REPO / "configs" / "transfer" / "tiny_keypoint_rcnn_R50_FPN.yaml"),
+            budget.keypoint_iters,
+        ),
     )
+
+
+def run_transfer(run_dir, converted, budget, progress):
     results = {}
     log_path = run_dir / "transfer" / "detectron2.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +170,8 @@ def run_transfer(run_dir, converted, budget, progress):
     with open(log_path, "a") as log, contextlib.redirect_stdout(log):
         for sampler, (weights, _) in converted.items():
             results[sampler] = {}
-            for task, config, iters in tasks:
+            for task, config_file, iters in transfer_tasks(budget):
                 output_dir = run_dir / "transfer" / f"{sampler}_moco" / task
-                config_file = str(REPO / "configs" / "transfer" / config)
                 results[sampler][task] = run_transfer_config(
                     config_file, transfer_opts(weights, output_dir, iters)
                 )
@@ -162,6 +182,56 @@ def run_transfer(run_dir, converted, budget, progress):
                     )
                 )
     return results
+
+
+def write_sweep_file(run_dir, checkpoints, budget):
+    spec = {
+        "checkpoints": {sampler: str(path) for sampler, path in checkpoints.items()},
+        "tasks": {
+            task: {"config": config_file, "opts": ["SOLVER.MAX_ITER", iters]}
+            for task, config_file, iters in transfer_tasks(budget)
+        },
+        "seeds": [0],
+        "output_dir": str(run_dir / "sweep"),
+    }
+    path = run_dir / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_transfer_sweep(run_dir, checkpoints, budget, cluster, progress):
+    """Conversion and transfer as one sweep on ``cluster``; returns what the table needs."""
+    spec = load_sweep(write_sweep_file(run_dir, checkpoints, budget))
+    # one CPU and a few GB per run: a 2-core laptop runs two array tasks at once
+    resources = Resources(
+        job_name="ring-nce-demo", gpus_per_node=0, cpus_per_task=1, mem_gb=4, timeout_min=60
+    )
+    _, submitted = submit_sweep(spec, cluster, resources)
+    progress.step(
+        f"submitted {len(submitted)} transfer runs as one {cluster} job array "
+        f"(after a conversion job); logs under {run_dir / 'sweep' / 'logs'}"
+    )
+    for _, job in submitted:
+        job.wait()
+    markdown, missing = write_reports(spec["output_dir"])
+    if missing:
+        raise RingNCEError(
+            f"{len(missing)} transfer run(s) of the sweep failed: see their logs listed in "
+            f"{run_dir / 'sweep' / 'results.md'}"
+        )
+    sweep_dir = Path(spec["output_dir"])
+    converted, transfers = {}, {}
+    for sampler in checkpoints:
+        weights = weights_path(sweep_dir, sampler)
+        converted[sampler] = (weights, json.loads(weights.with_suffix(".json").read_text()))
+        transfers[sampler] = {
+            task: json.loads(
+                (sweep_dir / "runs" / sampler / task / "seed_0" / "results.json").read_text()
+            )
+            for task, _, _ in transfer_tasks(budget)
+        }
+    progress.step(f"collected the job array's results: {sweep_dir / 'results.md'}")
+    return converted, transfers
 
 
 def metric(mapping, *keys):
@@ -210,15 +280,20 @@ def results_table(evaluations, converted, transfers):
     return "\n".join(lines)
 
 
-def run_demo(run_dir, budget):
+def run_demo(run_dir, budget, cluster=None):
     run_dir.mkdir(parents=True, exist_ok=True)
-    # pretrain, evaluate and convert each, the raw-pixel floor, two transfer tasks each
-    progress = Progress(total=3 * len(SAMPLERS) + 1 + 2 * len(SAMPLERS))
+    # pretrain and evaluate each, the raw-pixel floor, then convert and fine-tune two tasks
+    # each in this process, or submit and collect one sweep
+    late_steps = 2 if cluster else 3 * len(SAMPLERS)
+    progress = Progress(total=2 * len(SAMPLERS) + 1 + late_steps)
     print(f"[demo] run folder: {run_dir}", flush=True)
     checkpoints = run_pretraining(run_dir, budget, progress)
     evaluations = run_evaluation(checkpoints, budget, progress)
-    converted = run_conversion(run_dir, checkpoints, progress)
-    transfers = run_transfer(run_dir, converted, budget, progress)
+    if cluster:
+        converted, transfers = run_transfer_sweep(run_dir, checkpoints, budget, cluster, progress)
+    else:
+        converted = run_conversion(run_dir, checkpoints, progress)
+        transfers = run_transfer(run_dir, converted, budget, progress)
     table = results_table(evaluations, converted, transfers)
     (run_dir / "results.md").write_text(table + "\n")
     summary = {"evaluation": evaluations, "transfer": transfers, "budget": budget.__dict__}
@@ -231,7 +306,7 @@ def main():
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(os.environ.get("DEMO_DIR", REPO / "runs" / f"demo-{stamp}")).resolve()
     try:
-        table = run_demo(run_dir, budget)
+        table = run_demo(run_dir, budget, os.environ.get("DEMO_CLUSTER"))
     except RingNCEError as error:
         print(f"error: {error} (the demo's outputs so far are under {run_dir})", file=sys.stderr)
         return 2

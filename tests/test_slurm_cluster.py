@@ -364,3 +364,30 @@ def test_same_sweep_runs_without_slurm_with_cluster_local(cluster):
     assert result.returncode == 0, result.stderr
     assert (sweep_dir / "runs" / "ring" / "mask" / "seed_0" / "results.json").is_file()
     assert "| ring |" in result.stdout and "1/1 runs finished" in result.stdout
+
+
+def test_fast_demo_runs_its_transfer_as_one_slurm_job_array(cluster):
+    run_dir = cluster / "demo"
+    env = {**os.environ, "DEMO_FAST": "1", "DEMO_DIR": str(run_dir), "DEMO_CLUSTER": "slurm"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "demo.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "as one slurm job array" in done.stdout
+    records = [
+        json.loads(path.read_text()) for path in (run_dir / "sweep" / "runs").glob("*/*/*/job.json")
+    ]
+    assert len(records) == 4  # {uniform, ring} x {mask, keypoints}
+    assert len({record["job_id"].split("_")[0] for record in records}) == 1
+    for record in records:
+        assert settled_states(record["job_id"]) == ["COMPLETED"]
+    table = (run_dir / "results.md").read_text().splitlines()
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        "raw pixels",
+        "uniform-MoCo",
+        "ring-MoCo",
+    ]
