@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 WORKER = textwrap.dedent("""
+    import os
     import torch, torch.distributed as dist
     from torch import nn
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -17,6 +18,11 @@ WORKER = textwrap.dedent("""
     from pretrain.trainer import as_config
 
     torch.set_num_threads(1)
+
+    def report(line):
+        # one write(2) per line: both ranks share the pipe, and print() may split a line
+        os.write(1, (line + "\\n").encode())
+
     cfg = as_config({"model": {"width": 0.125, "stem": "cifar", "embedding_dim": 8},
                      "moco": {"queue_size": 24, "shuffle_bn_splits": 2},
                      "ir": {"num_negatives": 16}})
@@ -58,7 +64,7 @@ WORKER = textwrap.dedent("""
             if "running" in key or "num_batches" in key:
                 continue  # BN statistics are per rank by design
             assert same_everywhere(value), (name, key)
-        print(name, "consistent")
+        report(f"{name} consistent")
 
     model = DDP(simclr)
     mine = slice(4 * info.rank, 4 * info.rank + 4)
@@ -68,7 +74,7 @@ WORKER = textwrap.dedent("""
     dist.all_reduce(mean_loss)
     torch.testing.assert_close(mean_loss / info.world_size, reference_loss.detach())
     torch.testing.assert_close(simclr.head.weight.grad, reference_grad)
-    print("simclr global batch ok")
+    report("simclr global batch ok")
     dist.destroy_process_group()
 """)
 
