@@ -29,18 +29,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pretrain.errors import PretrainError, RingNCEError
+from pretrain.errors import PretrainError, one_line_errors
 from pretrain.methods.base import sampled_contrast
 from pretrain.samplers import NegativeSampler, ring_rank_range
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 from timing import (  # noqa: E402
+    finish_run,
     interleaved_times,
-    load_warning,
     machine_facts,
     median,
     resolve_devices,
-    write_json,
 )
 
 VARIANTS = ("uniform", "ring", "full_sort")
@@ -298,34 +297,14 @@ def run(args):
         for shape in preset["shapes"]:
             print(f"measuring {shape.name} on {device.type} ...", file=sys.stderr, flush=True)
             rows += measure_shape(shape, device, sampler_options, repeats)
-    facts_after = machine_facts()
     print_table(rows)
-    for facts in (facts_before, facts_after):
-        warning = load_warning(facts)
-        if warning:
-            print(warning)
-            break
-    if args.json:
-        write_json(
-            {
-                "benchmark": "ring_selection",
-                "preset": args.preset,
-                "sampler": sampler_options,
-                "machine_before": facts_before,
-                "machine_after": facts_after,
-                "rows": rows,
-            },
-            args.json,
-        )
+    finish_run("ring_selection", args, {"sampler": sampler_options}, facts_before, rows)
     return rows
 
 
+@one_line_errors
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run(parse_args(argv))
     return 0
 
 

@@ -110,3 +110,17 @@ def write_json(data, path):
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=2)
     os.replace(tmp, path)
+
+
+def finish_run(name, args, settings, facts_before, rows):
+    """After the table: a warning if the machine was loaded at either end, and ``--json``."""
+    facts_after = machine_facts()
+    for facts in (facts_before, facts_after):
+        warning = load_warning(facts)
+        if warning:
+            print(warning)
+            break
+    if args.json:
+        report = {"benchmark": name, "preset": args.preset, **settings}
+        report |= {"machine_before": facts_before, "machine_after": facts_after, "rows": rows}
+        write_json(report, args.json)

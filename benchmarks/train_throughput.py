@@ -41,13 +41,13 @@ from torch.utils.data import Dataset
 
 from pretrain.data import load_source
 from pretrain.distributed import DistInfo
-from pretrain.errors import PretrainError, RingNCEError
+from pretrain.errors import PretrainError, one_line_errors
 from pretrain.methods import build_method
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config, build_datasets, train_loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
-from timing import load_warning, machine_facts, median, synchronize, write_json  # noqa: E402
+from timing import finish_run, machine_facts, median, synchronize  # noqa: E402
 
 METHODS = {"moco": "uniform", "ring-moco": "ring"}  # benchmark name -> sampler
 FEEDS = ("synthetic", "loader", "loader_only")
@@ -424,34 +424,14 @@ def run(args):
         setup, rows = measure(preset, args, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    facts_after = machine_facts()
     print_table(args.preset, setup, rows)
-    for facts in (facts_before, facts_after):
-        warning = load_warning(facts)
-        if warning:
-            print(warning)
-            break
-    if args.json:
-        write_json(
-            {
-                "benchmark": "train_throughput",
-                "preset": args.preset,
-                "setup": setup,
-                "machine_before": facts_before,
-                "machine_after": facts_after,
-                "rows": rows,
-            },
-            args.json,
-        )
+    finish_run("train_throughput", args, {"setup": setup}, facts_before, rows)
     return rows
 
 
+@one_line_errors
 def main(argv=None):
-    try:
-        run(parse_args(argv))
-    except RingNCEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    run(parse_args(argv))
     return 0
 
 
