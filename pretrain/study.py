@@ -66,6 +66,12 @@ class RunRecord:
 # ---------------------------------------------------------------- planning and running
 
 
+def shown_path(path) -> str:
+    """A path under the current directory as a relative one: committed reports name no machine."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def config_pairs(config_dir: str | Path, dataset: str, methods: Sequence[str]) -> dict:
     """{method: {sampler: path}} from the `<sampler>_<method>_<dataset>.yaml` naming."""
     pairs = {}
@@ -530,7 +536,8 @@ def describe(plan: dict, args, specs: Sequence[RunSpec]) -> str:
     lines = [
         f"Dataset `{plan['dataset']}`, methods {', '.join(plan['methods'])}, seeds "
         f"{', '.join(map(str, plan['seeds']))} ({len(specs)} pretraining runs). Configs: "
-        f"`{{uniform,ring}}_<method>_{plan['dataset']}.yaml` from `{args.config_dir}`, plus "
+        f"`{{uniform,ring}}_<method>_{plan['dataset']}.yaml` from "
+        f"`{shown_path(args.config_dir)}`, plus "
         f"the overrides `{' '.join(plan['overrides']) or 'none'}` for every run; the two runs "
         "of a (method, seed) were checked to differ only in `sampler.*`.",
         "",
