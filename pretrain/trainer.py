@@ -285,7 +285,7 @@ def train(cfg):
     """Pretrain as ``cfg`` says; returns the final metrics (see docs/design.md)."""
     cfg = as_config(cfg)
     method_class(cfg.method)
-    NegativeSampler.from_config(cfg.sampler)  # config errors before any data is read
+    sampler = NegativeSampler.from_config(cfg.sampler)  # config errors before any data is read
     info = init_distributed(cfg.device)
     seed_everything(epoch_seed(cfg.seed, 0, info.rank))
     source = load_source(cfg.data)
@@ -325,7 +325,6 @@ def train(cfg):
         ),
     )
     lr_factor(0, total_steps, warmup_steps, cfg.optim.schedule)  # names a bad schedule early
-    sampler = NegativeSampler.from_config(cfg.sampler)
 
     output_dir = Path(cfg.output_dir)
     start_epoch, global_step, metrics = 0, 0, {}
