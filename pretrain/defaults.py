@@ -15,14 +15,22 @@ DEFAULTS = {
         "hidden_dim": None,  # MLP hidden width; null = backbone feature width
     },
     "sampler": {
-        "name": "uniform",  # uniform | ring
-        "upper": 0.1,  # ring keeps rank fractions in [lower_ratio*upper, upper)
+        "name": "uniform",  # uniform | ring | dcl | hcl | mochi (pretrain/samplers.py)
+        "within_ring": False,  # dcl/hcl: weigh ring draws instead of the uniform negatives
+        "upper": 0.1,  # ring: ranks [lower_ratio*upper, upper) of the whole pool (0 = nearest)
         "lower_ratio": 0.1,
-        "num_negatives": None,  # draw this many from the ring per anchor; null = all
-        "schedule": "constant",  # constant | linear | cosine | step (of upper)
+        "num_negatives": None,  # ring draws per anchor: null = as many as uniform | int | ring
+        "replacement": True,  # ring draws with replacement (the original)
+        "schedule": "constant",  # constant (shipped original) | linear | cosine | step, of upper
         "start": 1.0,  # upper at epoch 0 for linear/cosine/step
-        "anneal_epochs": 0.0,  # linear/cosine reach `upper` here; step drops here
-        "step_epochs": None,  # step: list of epochs, geometric drops reaching `upper`
+        "anneal_fraction": 0.5,  # linear/cosine reach `upper` at this fraction of optim.epochs
+        "step_fractions": None,  # step: list of fractions of optim.epochs, geometric drops
+        "rank_chunk_mb": 256,  # memory for ranking a bank: rows per chunk = this / (N * 4 B)
+        "tau_plus": 0.1,  # dcl/hcl: class prior of false negatives, in [0, 1)
+        "beta": 1.0,  # hcl: concentration on hard negatives, >= 0
+        "mochi_hardest": 1024,  # mochi: N hardest negatives mixed
+        "mochi_pairs": 1024,  # mochi: s mixes of two hard negatives
+        "mochi_query": 256,  # mochi: s' mixes of the query with a hard negative
     },
     "ir": {"num_negatives": 4096, "momentum": 0.5, "temperature": 0.07},
     "cmc": {"num_negatives": 4096, "momentum": 0.5, "temperature": 0.07},

@@ -1,14 +1,18 @@
-"""Negative samplers: ``uniform`` (the method's usual negatives) and ``ring`` (Wu et al. 2021).
+"""Negative strategies (``sampler.name``): which negatives enter the loss and how they count.
 
-A sampler sees each anchor's similarities to its K candidate negatives and returns the columns
-of those that enter the loss (``None`` = all of them). Ring keeps, per anchor, the candidates
-whose similarity rank ``r`` (0 = most similar) has ``r / K`` in ``[lower, upper)``.
-
-Ranks are those of a full sort, as in the original implementation: every anchor keeps exactly
-``stop - start`` candidates; candidates tied at a boundary take consecutive ranks in any order
-(tied values are equal, so the loss does not depend on which). The ring costs one unsorted
-top-k of ``stop`` per row and a small selection inside it, never a sort of the B x K matrix,
-and the loss then runs over the ring alone (a tenth of the row at upper=0.1), not a masked row.
+- ``uniform``: the method's usual negatives (IR/CMC: K bank draws; MoCo: the queue; SimCLR: the
+  2B-2 other views) with InfoNCE.
+- ``ring`` (Wu et al., ICLR 2021): rank each anchor's whole pool (bank without its own entry,
+  queue, or in-batch negatives), keep the ranks ``[lower, upper)`` of it (``lower =
+  lower_ratio * upper``), and draw as many negatives from that ring, uniformly with replacement,
+  as the uniform arm has (``num_negatives: null``): both arms see the same number per anchor.
+  This is the authors' IR estimator (``NCERing``); their ``MoCoRing`` used the ring once without
+  redrawing, which ``num_negatives: ring`` gives.
+- ``dcl`` (Chuang et al. 2020) and ``hcl`` (Robinson et al. 2021): debiased and hardness-
+  weighted estimators over the uniform negatives, or over ring draws with ``within_ring: true``.
+- ``mochi`` (Kalantidis et al. 2020): the uniform negatives plus synthetic mixes of the hardest.
+  Not combined with the ring: both pick by the same similarity rank, and "mix ranks [lower,
+  lower + N)" would be an estimator neither paper defines.
 """
 
 import math
@@ -16,78 +20,119 @@ import math
 import torch
 
 from pretrain.errors import PretrainError
-from pretrain.schedules import ring_upper_at
+from pretrain.losses import (
+    debiased_nce,
+    hard_debiased_nce,
+    hardness_weights,
+    info_nce,
+    mochi_negatives,
+)
+from pretrain.schedules import RING_SCHEDULES, ring_upper_at
 
-SAMPLERS = ("uniform", "ring")
-# r/K < upper is tested as r < ceil(upper*K); the slack absorbs float error in upper*K
+SAMPLERS = ("uniform", "ring", "dcl", "hcl", "mochi")
+RING_COMBINABLE = ("dcl", "hcl")
+MIB = 2**20
+# r/P < upper is tested as r < ceil(upper*P); the slack absorbs float error in upper*P
 # (0.1 * 30 = 3.0000000000000004 must give 3, not 4).
 RANK_SLACK = 1e-9
 
 
-def ring_rank_range(num_candidates, lower, upper):
-    """``(start, stop)``: the ranks ``start <= r < stop`` with ``lower <= r/K < upper``.
-
-    An empty ring is widened to the single rank ``start`` so an anchor never loses all
-    negatives.
-    """
-    start = min(math.ceil(lower * num_candidates - RANK_SLACK), num_candidates - 1)
-    stop = min(math.ceil(upper * num_candidates - RANK_SLACK), num_candidates)
-    return max(start, 0), max(stop, start + 1)
+def ring_rank_range(pool_size, lower, upper):
+    """``(start, stop)``: the ranks ``start <= r < stop`` with ``lower <= r / P < upper``."""
+    start = math.ceil(lower * pool_size - RANK_SLACK)
+    stop = min(math.ceil(upper * pool_size - RANK_SLACK), pool_size)
+    return max(start, 0), stop
 
 
-def ring_columns(similarity, lower, upper):
-    """(B, stop - start) column indices of the ranks ``start <= r < stop`` of each row."""
-    start, stop = ring_rank_range(similarity.shape[1], lower, upper)
-    top = similarity.topk(stop, dim=1, sorted=False)
-    # the ring is the top `stop` without its `start` largest: its stop-start smallest
-    inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
-    return top.indices.gather(1, inner)
-
-
-def subsample_columns(columns, count, generator=None):
-    """At most ``count`` of each row's ``columns``, chosen uniformly without replacement."""
-    if count >= columns.shape[1]:
-        return columns
-    scores = torch.rand(columns.shape, generator=generator, device=columns.device)
-    return columns.gather(1, scores.topk(count, dim=1, sorted=False).indices)
+def draw_positions(rows, ring_size, count, replacement, generator=None, device=None):
+    """(rows, count) positions in ``[0, ring_size)``: uniform, with or without replacement."""
+    if replacement:
+        return torch.randint(ring_size, (rows, count), device=device, generator=generator)
+    scores = torch.rand(rows, ring_size, device=device, generator=generator)
+    return scores.topk(count, dim=1, sorted=False).indices
 
 
 class NegativeSampler:
-    """Chooses which candidate negatives enter the loss; ``set_epoch`` advances the schedule."""
+    """One negative strategy, configured by the ``sampler`` section; ``set_epoch`` anneals."""
 
     def __init__(
         self,
         name="uniform",
+        within_ring=False,
         upper=0.1,
         lower_ratio=0.1,
         num_negatives=None,
+        replacement=True,
         schedule="constant",
-        anneal_epochs=0.0,
         start=1.0,
-        step_epochs=None,
+        anneal_fraction=0.5,
+        step_fractions=None,
+        rank_chunk_mb=256,
+        tau_plus=0.1,
+        beta=1.0,
+        mochi_hardest=1024,
+        mochi_pairs=1024,
+        mochi_query=256,
+        total_epochs=1.0,
+        generator=None,
     ):
-        if name not in SAMPLERS:
-            raise PretrainError(f"unknown sampler '{name}'; choose one of {', '.join(SAMPLERS)}")
-        if not 0.0 < upper <= 1.0 or not 0.0 <= lower_ratio < 1.0:
-            raise PretrainError(
-                f"ring needs 0 < sampler.upper <= 1 and 0 <= sampler.lower_ratio < 1, "
-                f"got upper={upper}, lower_ratio={lower_ratio}"
-            )
-        if num_negatives is not None and num_negatives < 1:
-            raise PretrainError(f"sampler.num_negatives must be >= 1 or null, got {num_negatives}")
-        self.name = name
-        self.target_upper = upper
-        self.lower_ratio = lower_ratio
-        self.num_negatives = num_negatives
-        self.schedule = schedule
-        self.anneal_epochs = anneal_epochs
-        self.start = start
-        self.step_epochs = step_epochs
-        self.upper = ring_upper_at(0.0, schedule, start, upper, anneal_epochs, step_epochs)
+        self.name, self.within_ring = name, within_ring
+        self.target_upper, self.lower_ratio = upper, lower_ratio
+        self.num_negatives, self.replacement = num_negatives, replacement
+        self.schedule, self.start = schedule, start
+        self.anneal_epochs = anneal_fraction * total_epochs
+        self.step_epochs = [f * total_epochs for f in step_fractions] if step_fractions else None
+        self.rank_chunk_bytes = rank_chunk_mb * MIB
+        self.tau_plus, self.beta = tau_plus, beta
+        self.mochi = (mochi_hardest, mochi_pairs, mochi_query)
+        self.generator = generator
+        self._check()
+        self.set_epoch(0.0)
 
     @classmethod
-    def from_config(cls, sampler_cfg):
-        return cls(**dict(sampler_cfg))
+    def from_config(cls, sampler_cfg, total_epochs=1.0, generator=None):
+        return cls(**dict(sampler_cfg), total_epochs=total_epochs, generator=generator)
+
+    def _check(self):
+        if self.name not in SAMPLERS:
+            raise PretrainError(
+                f"unknown sampler '{self.name}'; choose one of {', '.join(SAMPLERS)}"
+            )
+        if self.within_ring and self.name not in RING_COMBINABLE:
+            raise PretrainError(
+                f"sampler.within_ring is not defined for sampler '{self.name}'; it combines the "
+                f"ring with {' or '.join(RING_COMBINABLE)} (ring alone: sampler.name=ring)"
+            )
+        if not 0.0 < self.target_upper <= 1.0 or not 0.0 < self.start <= 1.0:
+            raise PretrainError(
+                f"sampler.upper and sampler.start must be in (0, 1], got upper="
+                f"{self.target_upper}, start={self.start}; the shipped ring uses upper=0.1"
+            )
+        if not 0.0 <= self.lower_ratio < 1.0:
+            raise PretrainError(
+                f"sampler.lower_ratio must be in [0, 1), got {self.lower_ratio}; e.g. 0.1"
+            )
+        if self.schedule not in RING_SCHEDULES:
+            raise PretrainError(
+                f"unknown sampler.schedule '{self.schedule}'; choose one of "
+                f"{', '.join(RING_SCHEDULES)}"
+            )
+        count = self.num_negatives
+        if not (count is None or count == "ring" or (isinstance(count, int) and count >= 1)):
+            raise PretrainError(
+                f"sampler.num_negatives must be null (as many as uniform), 'ring' or an integer "
+                f">= 1, got {count!r}"
+            )
+        if not 0.0 <= self.tau_plus < 1.0:
+            raise PretrainError(f"sampler.tau_plus must be in [0, 1), got {self.tau_plus}")
+        if self.beta < 0.0:
+            raise PretrainError(f"sampler.beta must be >= 0, got {self.beta}")
+        hardest, pairs, query = self.mochi
+        if min(self.mochi) < 0 or pairs > hardest or query > hardest:
+            raise PretrainError(
+                f"sampler.mochi_pairs ({pairs}) and sampler.mochi_query ({query}) must be between "
+                f"0 and sampler.mochi_hardest ({hardest})"
+            )
 
     def set_epoch(self, epoch):
         """Move the ring to ``epoch`` (a float: fractional epochs anneal within an epoch)."""
@@ -105,22 +150,87 @@ class NegativeSampler:
         return self.lower_ratio * self.upper
 
     @property
-    def is_ring(self):
-        return self.name == "ring"
+    def uses_ring(self):
+        return self.name == "ring" or self.within_ring
 
-    def select(self, similarity):
-        """(B, M) columns of the kept negatives of (B, K) similarities, or None (all K)."""
-        if not self.is_ring:
-            return None
-        similarity = similarity.detach()
-        if self.lower <= 0.0 and self.upper >= 1.0:
-            columns = torch.arange(similarity.shape[1], device=similarity.device)
-            columns = columns.expand_as(similarity)
+    def check_pool(self, size, what):
+        """One-line error, before training, when a pool of ``size`` cannot serve this strategy."""
+        if self.uses_ring:
+            start, stop = ring_rank_range(size, self.lower, self.target_upper)
+            if stop <= start:
+                raise PretrainError(
+                    f"the ring [{self.lower_ratio * self.target_upper:g}, {self.target_upper:g}) "
+                    f"of {size} {what} keeps no candidate; raise sampler.upper to at least "
+                    f"{min(1.0, 1.0 / size / (1 - self.lower_ratio)):.3g}"
+                )
+        if self.name == "mochi" and self.mochi[0] > size:
+            raise PretrainError(
+                f"sampler.mochi_hardest={self.mochi[0]} exceeds the {size} {what} per anchor; "
+                f"use at most {size}"
+            )
+
+    def choose(self, pool):
+        """Columns of ``pool`` that are each anchor's negatives (None: all of its columns)."""
+        whole_pool = self.lower <= 0.0 and self.upper >= 1.0 and self.num_negatives is None
+        if not self.uses_ring or whole_pool:
+            return pool.usual_columns(self.generator)
+        start, stop = ring_rank_range(pool.size, self.lower, self.upper)
+        if stop <= start:
+            self.check_pool(pool.size, "candidates")
+        members = pool.ring_members(start, stop, self.rank_chunk_bytes)
+        if self.num_negatives == "ring":
+            return members
+        count = self.num_negatives or pool.usual_count
+        if not self.replacement and count > members.shape[1]:
+            raise PretrainError(
+                f"drawing {count} negatives without replacement from a ring of "
+                f"{members.shape[1]}: set sampler.replacement=true or sampler.num_negatives <= "
+                f"{members.shape[1]}"
+            )
+        positions = draw_positions(
+            members.shape[0],
+            members.shape[1],
+            count,
+            self.replacement,
+            self.generator,
+            members.device,
+        )
+        return members.gather(1, positions)
+
+    def contrast(self, anchor, positive_similarity, pool, temperature):
+        """``(loss, record)`` of one loss term; ``record`` names the negatives (for the monitor).
+
+        ``anchor``: (B, d) unit anchors; ``positive_similarity``: (B,) anchor . positive.
+        """
+        columns = self.choose(pool)
+        positive = positive_similarity / temperature
+        negatives = pool.logits(columns) / temperature
+        weights = None
+        if self.name == "dcl":
+            loss = debiased_nce(positive, negatives, self.tau_plus, temperature)
+        elif self.name == "hcl":
+            loss = hard_debiased_nce(positive, negatives, self.tau_plus, self.beta, temperature)
+            weights = hardness_weights(negatives, self.beta)
+        elif self.name == "mochi":
+            negatives = torch.cat(
+                [negatives, self.mixed_logits(anchor, pool, columns, negatives) / temperature],
+                dim=1,
+            )
+            loss = info_nce(positive, negatives)
         else:
-            columns = ring_columns(similarity, self.lower, self.upper)
-        if self.num_negatives is not None:
-            columns = subsample_columns(columns, self.num_negatives)
-        return columns
+            loss = info_nce(positive, negatives)
+        ids = pool.candidate_ids(columns)
+        return loss, {"count": negatives.shape[1], "ids": ids, "weights": weights}
+
+    def mixed_logits(self, anchor, pool, columns, negatives):
+        """Similarities of the anchors to MoCHi's synthetic negatives (B, s + s')."""
+        hardest, pairs, query = self.mochi
+        # in negative-list order, so that the draws below name the same points whatever topk's order
+        top = negatives.detach().topk(hardest, dim=1, sorted=False).indices.sort(dim=1).values
+        hard_columns = top if columns is None else columns.gather(1, top)
+        embeddings = pool.candidate_embeddings(hard_columns)
+        synthetic = mochi_negatives(anchor, embeddings, pairs, query, self.generator)
+        return torch.einsum("bd,bkd->bk", anchor, synthetic.to(anchor.dtype))
 
     def stats(self):
-        return {"ring_upper": self.upper, "ring_lower": self.lower} if self.is_ring else {}
+        return {"ring_upper": self.upper, "ring_lower": self.lower} if self.uses_ring else {}

@@ -7,7 +7,6 @@ from torch import nn
 from pretrain.backbones import build_backbone
 from pretrain.distributed import gather_no_grad
 from pretrain.errors import PretrainError
-from pretrain.losses import info_nce
 
 HEADS = ("linear", "mlp")
 
@@ -39,23 +38,16 @@ def full_precision(tensor):
     return torch.autocast(device_type=tensor.device.type, enabled=False)
 
 
-def sampled_contrast(anchor, positive, negatives, sampler, temperature):
-    """InfoNCE of unit ``anchor`` (B, d) against ``positive`` (B, d) and per-anchor ``negatives``
-    (B, K, d) or shared ``negatives`` (K, d), after the sampler picks which negatives count.
+def negative_stats(records, anchor_ids):
+    """A method's step stats from its loss terms' negative records (``NegativeSampler.contrast``).
 
-    Returns ``(loss, kept)`` where ``kept`` is the mean number of negatives per anchor.
+    ``negatives_per_anchor`` is what the arms must share at equal compute; ``monitor`` carries
+    the dataset ids of the negatives (and their weights) for the false-negative monitor, which
+    looks up labels outside the training path.
     """
-    with full_precision(anchor):
-        positive_logit = (anchor * positive).sum(dim=1)
-        if negatives.dim() == 3:
-            negative_logits = torch.einsum("bd,bkd->bk", anchor, negatives)
-        else:
-            negative_logits = anchor @ negatives.T
-        columns = sampler.select(negative_logits)
-        if columns is not None:
-            negative_logits = negative_logits.gather(1, columns)
-        loss = info_nce(positive_logit / temperature, negative_logits / temperature)
-    return loss, negative_logits.shape[1]
+    count = sum(record["count"] for record in records) / len(records)
+    monitor = [{**record, "anchor_ids": anchor_ids} for record in records]
+    return {"negatives_per_anchor": float(count), "monitor": monitor}
 
 
 class MemoryBank(nn.Module):
@@ -69,10 +61,6 @@ class MemoryBank(nn.Module):
         super().__init__()
         self.momentum = momentum
         self.register_buffer("memory", F.normalize(torch.randn(size, dim), dim=1))
-
-    def draw(self, rows, count):
-        """(rows, count) indices drawn uniformly with replacement."""
-        return torch.randint(self.memory.shape[0], (rows, count), device=self.memory.device)
 
     @torch.no_grad()
     def update(self, embeddings, indices):

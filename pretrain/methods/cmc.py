@@ -2,8 +2,9 @@
 
 Two encoders (1-channel L, 2-channel ab), one memory bank per view. The L embedding of an
 image contrasts against the ab bank (positive: the image's own ab entry, negatives: K drawn
-entries) and vice versa. The data pipeline delivers Lab images (``pretrain.data``), so CMC
-needs colour input: grayscale data has constant ab and nothing to predict.
+entries, or K draws from its ring over the whole bank) and vice versa; both terms use the same
+drawn images under uniform, as the original. The data pipeline delivers Lab images
+(``pretrain.data``), so CMC needs colour input: grayscale data has constant ab.
 """
 
 import torch
@@ -13,9 +14,11 @@ from pretrain.methods.base import (
     MemoryBank,
     backbone_from_config,
     embed,
+    full_precision,
+    negative_stats,
     projection_head,
-    sampled_contrast,
 )
+from pretrain.pools import BankPool
 
 
 class CMC(ContrastiveMethod):
@@ -48,13 +51,21 @@ class CMC(ContrastiveMethod):
         lab = views[0]
         z_l = embed(self.l, self.head_l, lab[:, :1])
         z_ab = embed(self.ab, self.head_ab, lab[:, 1:])
-        drawn = self.bank_l.draw(z_l.shape[0], self.num_candidates)  # same images for both
-        loss_l, kept_l = sampled_contrast(
-            z_l, self.bank_ab.memory[indices], self.bank_ab.memory[drawn], sampler, self.temperature
-        )
-        loss_ab, kept_ab = sampled_contrast(
-            z_ab, self.bank_l.memory[indices], self.bank_l.memory[drawn], sampler, self.temperature
-        )
+        count = self.num_candidates
+        with full_precision(z_l):
+            drawn = BankPool(z_l, self.bank_ab.memory, indices, count).usual_columns(
+                sampler.generator
+            )
+            terms = [
+                sampler.contrast(
+                    z,
+                    (z * memory[indices]).sum(dim=1),
+                    BankPool(z, memory, indices, count, drawn),
+                    self.temperature,
+                )
+                for z, memory in ((z_l, self.bank_ab.memory), (z_ab, self.bank_l.memory))
+            ]
         self.bank_l.update(z_l, indices)
         self.bank_ab.update(z_ab, indices)
-        return loss_l + loss_ab, {"negatives": (kept_l + kept_ab) / 2}
+        loss = terms[0][0] + terms[1][0]
+        return loss, negative_stats([record for _, record in terms], indices)

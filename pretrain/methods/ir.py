@@ -1,7 +1,7 @@
 """Instance recognition (Wu et al. 2018): each image is its own class, stored in a memory bank.
 
-The positive of an anchor is its own bank entry; K candidate negatives are drawn uniformly
-from the bank per anchor (the sampler may then keep only a ring of them).
+The positive of an anchor is its own bank entry; its negatives come from the rest of the bank:
+K uniform draws (uniform) or K draws from its similarity ring over the whole bank (ring).
 """
 
 from pretrain.methods.base import (
@@ -9,9 +9,11 @@ from pretrain.methods.base import (
     MemoryBank,
     backbone_from_config,
     embed,
+    full_precision,
+    negative_stats,
     projection_head,
-    sampled_contrast,
 )
+from pretrain.pools import BankPool
 
 
 class InstanceRecognition(ContrastiveMethod):
@@ -33,9 +35,9 @@ class InstanceRecognition(ContrastiveMethod):
     def forward(self, views, indices, sampler):
         anchor = embed(self.encoder, self.head, views[0])
         memory = self.bank.memory
-        candidates = memory[self.bank.draw(anchor.shape[0], self.num_candidates)]
-        loss, kept = sampled_contrast(
-            anchor, memory[indices], candidates, sampler, self.temperature
-        )
+        with full_precision(anchor):
+            positive = (anchor * memory[indices]).sum(dim=1)
+            pool = BankPool(anchor, memory, indices, self.num_candidates)
+            loss, record = sampler.contrast(anchor, positive, pool, self.temperature)
         self.bank.update(anchor, indices)
-        return loss, {"negatives": kept}
+        return loss, negative_stats([record], indices)

@@ -16,9 +16,11 @@ from pretrain.methods.base import (
     ContrastiveMethod,
     backbone_from_config,
     embed,
+    full_precision,
+    negative_stats,
     projection_head,
-    sampled_contrast,
 )
+from pretrain.pools import DensePool
 
 
 class MoCo(ContrastiveMethod):
@@ -41,6 +43,8 @@ class MoCo(ContrastiveMethod):
             param.requires_grad = False
         self.register_buffer("queue", F.normalize(torch.randn(cfg.moco.queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        # dataset index of each queued key, for the false-negative monitor only (-1: initial)
+        self.register_buffer("queue_ids", torch.full((cfg.moco.queue_size,), -1, dtype=torch.long))
 
     def encoders(self):
         return {"query": self.query, "key": self.key}
@@ -70,18 +74,23 @@ class MoCo(ContrastiveMethod):
         return local_slice(restored)
 
     @torch.no_grad()
-    def enqueue(self, keys):
-        keys = gather_no_grad(keys)
+    def enqueue(self, keys, indices):
+        keys, indices = gather_no_grad(keys), gather_no_grad(indices)
         size = self.queue.shape[0]
         start = int(self.queue_ptr)
         positions = (start + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[positions] = keys[-size:] if keys.shape[0] > size else keys
+        self.queue_ids[positions] = indices[-size:] if indices.shape[0] > size else indices
         self.queue_ptr.fill_((start + keys.shape[0]) % size)
 
     def forward(self, views, indices, sampler):
         query = embed(self.query, self.head_q, views[0])
         self.momentum_update()
         keys = self.encode_keys(views[1])
-        loss, kept = sampled_contrast(query, keys, self.queue.clone(), sampler, self.temperature)
-        self.enqueue(keys)
-        return loss, {"negatives": kept}
+        with full_precision(query):
+            queue = self.queue.clone()
+            pool = DensePool(query @ queue.T, queue, self.queue_ids.clone())
+            positive = (query * keys).sum(dim=1)
+            loss, record = sampler.contrast(query, positive, pool, self.temperature)
+        self.enqueue(keys, indices)
+        return loss, negative_stats([record], indices)

@@ -1,5 +1,7 @@
 """SimCLR (Chen et al. 2020): NT-Xent with the 2B-2 other in-batch views as negatives.
 
+The ring ranks those 2B-2 (the original's SimCLR ring kept upper 0.5 of them).
+
 Under DDP the embeddings are all-gathered (gradients flow back to their rank) so negatives
 come from the global batch, and batch norm is synchronised (SyncBN) over the global batch.
 """
@@ -7,15 +9,17 @@ come from the global batch, and batch norm is synchronised (SyncBN) over the glo
 import torch
 import torch.distributed as dist
 
-from pretrain.distributed import gather_with_grad, is_distributed
-from pretrain.losses import in_batch_negative_index, info_nce, pair_partner
+from pretrain.distributed import gather_no_grad, gather_with_grad, is_distributed
+from pretrain.losses import in_batch_negative_index, pair_partner
 from pretrain.methods.base import (
     ContrastiveMethod,
     backbone_from_config,
     embed,
     full_precision,
+    negative_stats,
     projection_head,
 )
+from pretrain.pools import DensePool
 
 
 class SimCLR(ContrastiveMethod):
@@ -43,12 +47,10 @@ class SimCLR(ContrastiveMethod):
         anchors = torch.cat([mine, mine + first.shape[0]])
         partner = pair_partner(everyone.shape[0]).to(z.device)[anchors]
         negative_index = in_batch_negative_index(everyone.shape[0], z.device)[anchors]
+        ids = gather_no_grad(indices).repeat(2)  # dataset index of every stacked view
         with full_precision(z):
             similarity = everyone[anchors] @ everyone.T
             positive = similarity.gather(1, partner.unsqueeze(1)).squeeze(1)
-            negatives = similarity.gather(1, negative_index)
-            columns = sampler.select(negatives)
-            if columns is not None:
-                negatives = negatives.gather(1, columns)
-            loss = info_nce(positive / self.temperature, negatives / self.temperature)
-        return loss, {"negatives": negatives.shape[1]}
+            pool = DensePool(similarity, everyone, ids, negative_index)
+            loss, record = sampler.contrast(everyone[anchors], positive, pool, self.temperature)
+        return loss, negative_stats([record], ids[anchors])
