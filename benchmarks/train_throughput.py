@@ -180,7 +180,7 @@ class Trainee:
             momentum=cfg.optim.momentum,
             weight_decay=cfg.optim.weight_decay,
         )
-        self.sampler = NegativeSampler.from_config(cfg.sampler)
+        self.sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
         self.use_amp = on_gpu and cfg.train.amp
 
     def to_device(self, views):

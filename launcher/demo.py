@@ -84,8 +84,6 @@ def pretrain_overrides(run_dir, sampler, budget):
         f"output_dir={run_dir / 'pretrain' / f'{sampler}_moco'}",
         f"data.train_subset={budget.train_images}",
         f"optim.epochs={budget.epochs}",
-        # the ring anneals from all candidates to its target over the first half of training
-        f"sampler.anneal_epochs={budget.epochs / 2}",
         "knn.every_epochs=0",
         f"knn.train_subset={budget.eval_train_images}",
         f"knn.test_subset={budget.eval_test_images}",

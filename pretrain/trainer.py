@@ -217,7 +217,7 @@ def write_step_scalars(writer, step, loss, lr, throughput, stats, sampler_stats)
     writer.add_scalar("train/loss", loss, step)
     writer.add_scalar("train/lr", lr, step)
     writer.add_scalar("train/images_per_second", throughput, step)
-    writer.add_scalar("train/negatives_kept", stats["negatives"], step)
+    writer.add_scalar("train/negatives_per_anchor", stats["negatives_per_anchor"], step)
     for name, value in sampler_stats.items():
         writer.add_scalar(f"train/{name}", value, step)
 
@@ -285,7 +285,8 @@ def train(cfg):
     """Pretrain as ``cfg`` says; returns the final metrics (see docs/design.md)."""
     cfg = as_config(cfg)
     method_class(cfg.method)
-    sampler = NegativeSampler.from_config(cfg.sampler)  # config errors before any data is read
+    # config errors before any data is read
+    sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
     info = init_distributed(cfg.device)
     seed_everything(epoch_seed(cfg.seed, 0, info.rank))
     source = load_source(cfg.data)

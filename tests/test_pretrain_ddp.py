@@ -27,6 +27,8 @@ WORKER = textwrap.dedent("""
                      "moco": {"queue_size": 24, "shuffle_bn_splits": 2},
                      "ir": {"num_negatives": 16}})
     ring = NegativeSampler("ring", upper=0.5)
+    # the whole ring once (no random redraw), so one process and two ranks compute the same loss
+    whole_ring = NegativeSampler("ring", upper=0.5, num_negatives="ring")
 
     # SimCLR's single-process reference on the global batch, before joining the group
     torch.manual_seed(0)
@@ -35,7 +37,7 @@ WORKER = textwrap.dedent("""
     simclr.head = nn.Linear(12, 8)
     torch.manual_seed(7)
     first, second = torch.randn(8, 12), torch.randn(8, 12)
-    reference_loss, _ = simclr([first, second], torch.arange(8), ring)
+    reference_loss, _ = simclr([first, second], torch.arange(8), whole_ring)
     reference_loss.backward()
     reference_grad = simclr.head.weight.grad.clone()
     simclr.head.weight.grad = None
@@ -68,7 +70,7 @@ WORKER = textwrap.dedent("""
 
     model = DDP(simclr)
     mine = slice(4 * info.rank, 4 * info.rank + 4)
-    loss, _ = model([first[mine], second[mine]], torch.arange(4), ring)
+    loss, _ = model([first[mine], second[mine]], torch.arange(4), whole_ring)
     loss.backward()
     mean_loss = loss.detach().clone()
     dist.all_reduce(mean_loss)

@@ -17,14 +17,23 @@ TRAINED = {
 }
 
 
+STRATEGIES = {
+    "uniform": {},
+    "ring": {"upper": 0.5},
+    "dcl": {"tau_plus": 0.1},
+    "hcl": {"tau_plus": 0.1, "beta": 1.0, "within_ring": True, "upper": 0.5},
+    "mochi": {"mochi_hardest": 8, "mochi_pairs": 8, "mochi_query": 4},
+}
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
-@pytest.mark.parametrize("sampler", ["uniform", "ring"])
+@pytest.mark.parametrize("sampler", sorted(STRATEGIES))
 def test_gradients_flow_only_where_they_should(name, sampler, tiny_config):
     torch.manual_seed(0)
     method = METHODS[name](as_config({**tiny_config, "method": name}), num_samples=40)
     views = [torch.rand(8, 3, 16, 16) for _ in range(method.num_views)]
     key_before = {k: v.clone() for k, v in method.state_dict().items() if k.startswith("key.")}
-    loss, _ = method(views, torch.arange(8), NegativeSampler(sampler, upper=0.5))
+    loss, _ = method(views, torch.arange(8), NegativeSampler(sampler, **STRATEGIES[sampler]))
     loss.backward()
     for module_name, module in method.named_children():
         grads = [p.grad for p in module.parameters()]

@@ -1,4 +1,14 @@
-"""Each method's loss against a brute-force loop over anchors, and ring [0, 1) == uniform."""
+"""Every method's loss and every negative strategy against plain per-anchor re-derivations.
+
+Uniform: InfoNCE over the method's usual negatives (IR/CMC: K bank draws without the anchor's
+own entry; MoCo: the queue; SimCLR: the 2B-2 other views).
+
+Ring (Wu et al. 2021, the authors' NCERing arithmetic): rank the anchor's whole pool, slice the
+ranks [lower, upper), draw K members uniformly with replacement (positions into the ring, its
+members listed by pool column), InfoNCE with the positive in the normaliser. The draws use a
+generator seeded alike on both sides. DCL, HCL and MoCHi are written from their papers'
+equations one anchor at a time with Python floats.
+"""
 
 import math
 
@@ -7,43 +17,188 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.losses import info_nce
+from pretrain.losses import info_nce, mochi_negatives
 from pretrain.methods import METHODS
-from pretrain.methods.base import sampled_contrast
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-UNIFORM = NegativeSampler("uniform")
-FULL_RING = NegativeSampler("ring", upper=1.0, lower_ratio=0.0)
+UPPER, LOWER_RATIO, SEED = 0.5, 0.1, 1234
 
 
-def reference_nce(anchor, positive, negatives, temperature):
-    """-log softmax of the positive, one anchor at a time, with Python sums."""
+def identity_method(name, tiny_config, dim=8):
+    """The method with parameter-free encoders: its embeddings are the normalised inputs."""
+    model = {**tiny_config["model"], "embedding_dim": dim}
+    method = METHODS[name](as_config({**tiny_config, "method": name, "model": model}), 20)
+    method = method.double()
+    for attr in ("encoder", "query", "key", "l", "ab"):
+        if hasattr(method, attr):
+            setattr(method, attr, nn.Flatten())
+    for attr in ("head", "head_q", "head_k", "head_l", "head_ab"):
+        if hasattr(method, attr):
+            setattr(method, attr, nn.Identity())
+    if name == "cmc":
+        method.head_ab = nn.Linear(4, 2).double()  # ab has twice L's values
+    return method
+
+
+def generator():
+    return torch.Generator().manual_seed(SEED)
+
+
+def ring_of(anchor, pool, lower, upper):
+    """Pool ids of ranks [lower*P, upper*P) of ``pool`` ([(id, vector)]), listed by id."""
+    ranked = sorted(pool, key=lambda item: -float(anchor @ item[1]))
+    size = len(ranked)
+    start, stop = math.ceil(lower * size - 1e-9), math.ceil(upper * size - 1e-9)
+    return sorted(ranked[start:stop], key=lambda item: item[0])
+
+
+def nce_term(anchor, positive, negatives, t):
+    pos = math.exp(float(anchor @ positive) / t)
+    return -math.log(pos / (pos + sum(math.exp(float(anchor @ n) / t) for n in negatives)))
+
+
+def reference_ring(anchors, positives, pools, count, t, draws):
+    """Mean ring loss; ``draws`` is the seeded generator the batched code also used."""
+    ring_size = len(ring_of(anchors[0], pools[0], UPPER * LOWER_RATIO, UPPER))
+    positions = torch.randint(ring_size, (len(anchors), count), generator=draws)
     total = 0.0
-    for i in range(anchor.shape[0]):
-        pos = math.exp(float(anchor[i] @ positive[i]) / temperature)
-        neg = sum(math.exp(float(anchor[i] @ n) / temperature) for n in negatives[i])
-        total += -math.log(pos / (pos + neg))
-    return total / anchor.shape[0]
+    for i, (anchor, positive, pool) in enumerate(zip(anchors, positives, pools)):
+        ring = ring_of(anchor, pool, UPPER * LOWER_RATIO, UPPER)
+        total += nce_term(anchor, positive, [ring[p][1] for p in positions[i]], t)
+    return total / len(anchors)
 
 
-def unit(*shape):
-    return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
+def ring_sampler(name="ring", **kwargs):
+    return NegativeSampler(
+        name, upper=UPPER, lower_ratio=LOWER_RATIO, generator=generator(), **kwargs
+    )
 
 
-def test_ring_loss_matches_loop_over_the_ranked_negatives():
+def test_ir_ring_matches_the_per_anchor_estimator(tiny_config):
     torch.manual_seed(0)
-    anchor, positive, negatives = unit(6, 8), unit(6, 8), unit(6, 40, 8)
-    sampler = NegativeSampler("ring", upper=0.5, lower_ratio=0.2)  # ranks 4..19 of 40
-    loss, kept = sampled_contrast(anchor, positive, negatives, sampler, 0.2)
-    ring = []
-    for i in range(6):
-        order = sorted(range(40), key=lambda k: -float(anchor[i] @ negatives[i][k]))
-        ring.append(negatives[i][order[4:20]])
-    assert kept == 16
-    assert loss.item() == pytest.approx(reference_nce(anchor, positive, ring, 0.2), abs=1e-5)
+    method = identity_method("ir", tiny_config)
+    bank = method.bank.memory.clone()
+    images, indices = torch.randn(5, 8, dtype=torch.float64), torch.tensor([3, 7, 0, 19, 11])
+    loss, stats = method([images], indices, ring_sampler())
+    z = F.normalize(images, dim=1)
+    pools = [[(j, bank[j]) for j in range(20) if j != own] for own in indices.tolist()]
+    expected = reference_ring(z, bank[indices], pools, 32, method.temperature, generator())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["negatives_per_anchor"] == 32  # ir.num_negatives, as the uniform arm
+
+
+def test_cmc_ring_matches_the_per_anchor_estimator(tiny_config):
+    torch.manual_seed(1)
+    method = identity_method("cmc", tiny_config, dim=2)
+    bank_l, bank_ab = method.bank_l.memory.clone(), method.bank_ab.memory.clone()
+    lab, indices = torch.randn(4, 3, 1, 2, dtype=torch.float64), torch.tensor([1, 5, 9, 2])
+    loss, _ = method([lab], indices, ring_sampler())
+    z_l = F.normalize(lab[:, :1].flatten(1), dim=1)
+    with torch.no_grad():
+        z_ab = F.normalize(method.head_ab(lab[:, 1:].flatten(1)), dim=1)
+    draws = generator()
+    torch.randint(19, (4, 32), generator=draws)  # CMC draws its shared uniform images first
+    expected = 0.0
+    for z, bank in ((z_l, bank_ab), (z_ab, bank_l)):
+        pools = [[(j, bank[j]) for j in range(20) if j != own] for own in indices.tolist()]
+        expected += reference_ring(z, bank[indices], pools, 32, method.temperature, draws)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_moco_ring_matches_the_per_anchor_estimator(tiny_config):
+    torch.manual_seed(2)
+    method = identity_method("moco", tiny_config)
+    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    queue = method.queue.clone()
+    loss, stats = method([query, key], torch.arange(6), ring_sampler())
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    pools = [list(enumerate(queue))] * 6
+    expected = reference_ring(q, k, pools, 64, method.temperature, generator())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["negatives_per_anchor"] == 64  # the queue size, as the uniform arm
+
+
+def simclr_pools(z, batch):
+    positives, pools = [], []
+    for i in range(2 * batch):
+        partner = (i + batch) % (2 * batch)
+        positives.append(z[partner])
+        pools.append([(j, z[j]) for j in range(2 * batch) if j not in (i, partner)])
+    return torch.stack(positives), pools
+
+
+def test_simclr_ring_matches_the_per_anchor_estimator(tiny_config):
+    torch.manual_seed(3)
+    method = identity_method("simclr", tiny_config)
+    first, second = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    loss, stats = method([first, second], torch.arange(5), ring_sampler())
+    z = F.normalize(torch.cat([first, second]), dim=1)
+    positives, pools = simclr_pools(z, 5)
+    expected = reference_ring(z, positives, pools, 8, method.temperature, generator())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["negatives_per_anchor"] == 8  # 2B - 2
+
+
+def test_uniform_losses_match_the_loop(tiny_config):
+    torch.manual_seed(4)
+    sampler = NegativeSampler("uniform", generator=generator())
+    ir = identity_method("ir", tiny_config)
+    bank = ir.bank.memory.clone()
+    images, indices = torch.randn(5, 8, dtype=torch.float64), torch.tensor([3, 7, 0, 19, 11])
+    loss, _ = ir([images], indices, sampler)
+    drawn = torch.randint(19, (5, 32), generator=generator())
+    drawn = drawn + (drawn >= indices.unsqueeze(1)).long()  # never the anchor's own entry
+    z = F.normalize(images, dim=1)
+    expected = (
+        sum(nce_term(z[i], bank[indices[i]], bank[drawn[i]], ir.temperature) for i in range(5)) / 5
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    torch.testing.assert_close(
+        ir.bank.memory[indices], F.normalize(0.5 * bank[indices] + 0.5 * z, dim=1)
+    )
+    moco = identity_method("moco", tiny_config)
+    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    queue = moco.queue.clone()
+    loss, _ = moco([query, key], torch.arange(6), sampler)
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    expected = sum(nce_term(q[i], k[i], queue, moco.temperature) for i in range(6)) / 6
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    torch.testing.assert_close(moco.queue[:6], k)  # the keys were enqueued
+    assert moco.queue_ids[:6].tolist() == list(range(6))
+    simclr = identity_method("simclr", tiny_config)
+    first, second = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    loss, stats = simclr([first, second], torch.arange(5), sampler)
+    z = F.normalize(torch.cat([first, second]), dim=1)
+    positives, pools = simclr_pools(z, 5)
+    expected = (
+        sum(
+            nce_term(z[i], positives[i], [v for _, v in pools[i]], simclr.temperature)
+            for i in range(10)
+        )
+        / 10
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["negatives_per_anchor"] == 8
+
+
+def test_cmc_uniform_uses_the_same_draws_for_both_views(tiny_config):
+    torch.manual_seed(3)
+    method = identity_method("cmc", tiny_config, dim=2)
+    bank_l, bank_ab = method.bank_l.memory.clone(), method.bank_ab.memory.clone()
+    lab, indices = torch.randn(4, 3, 1, 2, dtype=torch.float64), torch.tensor([1, 5, 9, 2])
+    loss, _ = method([lab], indices, NegativeSampler("uniform", generator=generator()))
+    drawn = torch.randint(19, (4, 32), generator=generator())
+    drawn = drawn + (drawn >= indices.unsqueeze(1)).long()
+    z_l = F.normalize(lab[:, :1].flatten(1), dim=1)
+    with torch.no_grad():
+        z_ab = F.normalize(method.head_ab(lab[:, 1:].flatten(1)), dim=1)
+    t = method.temperature
+    expected = 0.0
+    for z, bank in ((z_l, bank_ab), (z_ab, bank_l)):
+        expected += sum(nce_term(z[i], bank[indices[i]], bank[drawn[i]], t) for i in range(4)) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_info_nce_is_stable_for_large_logits():
@@ -51,95 +206,170 @@ def test_info_nce_is_stable_for_large_logits():
     assert torch.isfinite(loss) and loss.item() == pytest.approx(math.log1p(math.exp(-1)), abs=1e-4)
 
 
-def identity_method(name, tiny_config, num_samples=20, dim=8):
-    """The method with parameter-free encoders, so its embeddings are the normalised inputs."""
-    cfg = as_config(
-        {**tiny_config, "method": name, "model": {**tiny_config["model"], "embedding_dim": dim}}
-    )
-    method = METHODS[name](cfg, num_samples).double()
-    for attr in ("encoder", "query", "key", "l", "ab"):
-        if hasattr(method, attr):
-            setattr(method, attr, nn.Flatten())
-    for attr in ("head", "head_q", "head_k", "head_l", "head_ab"):
-        if hasattr(method, attr):
-            setattr(method, attr, nn.Identity())
-    return method
-
-
-def test_moco_loss_matches_loop(tiny_config):
-    torch.manual_seed(1)
-    method = identity_method("moco", tiny_config)
-    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
-    queue = method.queue.clone()
-    loss, _ = method([query, key], torch.arange(6), UNIFORM)
-    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
-    expected = reference_nce(q, k, [queue] * 6, method.temperature)
-    assert loss.item() == pytest.approx(expected, abs=1e-5)
-    torch.testing.assert_close(method.queue[:6], k)  # the keys were enqueued
-
-
-def test_ir_loss_matches_loop(tiny_config):
-    torch.manual_seed(2)
-    method = identity_method("ir", tiny_config)
-    drawn = torch.randint(20, (5, 32))
-    method.bank.draw = lambda rows, count: drawn
-    bank = method.bank.memory.clone()
-    images, indices = torch.randn(5, 8, dtype=torch.float64), torch.tensor([3, 7, 0, 19, 11])
-    loss, _ = method([images], indices, UNIFORM)
-    z = F.normalize(images, dim=1)
-    expected = reference_nce(z, bank[indices], [bank[row] for row in drawn], method.temperature)
-    assert loss.item() == pytest.approx(expected, abs=1e-5)
-    updated = F.normalize(0.5 * bank[indices] + 0.5 * z, dim=1)
-    torch.testing.assert_close(method.bank.memory[indices], updated)
-
-
-def test_cmc_loss_matches_loop(tiny_config):
-    torch.manual_seed(3)
-    method = identity_method("cmc", tiny_config, dim=2)
-    method.head_ab = nn.Linear(4, 2).double()  # ab has twice L's values: map them to dim 2
-    drawn = torch.randint(20, (4, 32))
-    method.bank_l.draw = lambda rows, count: drawn
-    bank_l, bank_ab = method.bank_l.memory.clone(), method.bank_ab.memory.clone()
-    lab, indices = torch.randn(4, 3, 1, 2, dtype=torch.float64), torch.tensor([1, 5, 9, 2])
-    loss, _ = method([lab], indices, UNIFORM)
-    z_l = F.normalize(lab[:, :1].flatten(1), dim=1)
-    with torch.no_grad():
-        z_ab = F.normalize(method.head_ab(lab[:, 1:].flatten(1)), dim=1)
-    t = method.temperature
-    expected = reference_nce(z_l, bank_ab[indices], [bank_ab[r] for r in drawn], t)
-    expected += reference_nce(z_ab, bank_l[indices], [bank_l[r] for r in drawn], t)
-    assert loss.item() == pytest.approx(expected, abs=1e-5)
-
-
-def test_simclr_loss_matches_loop(tiny_config):
-    torch.manual_seed(4)
-    method = identity_method("simclr", tiny_config)
-    first, second = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
-    loss, stats = method([first, second], torch.arange(5), UNIFORM)
-    z = F.normalize(torch.cat([first, second]), dim=1)
-    positives, negatives = [], []
-    for i in range(10):
-        partner = (i + 5) % 10
-        positives.append(z[partner])
-        negatives.append([z[j] for j in range(10) if j not in (i, partner)])
-    expected = reference_nce(z, torch.stack(positives), negatives, method.temperature)
-    assert loss.item() == pytest.approx(expected, abs=1e-5)
-    assert stats["negatives"] == 8  # 2B - 2
+def method_views(name, method, rows=6):
+    shape = (rows, 3, 1, 2) if name == "cmc" else (rows, 8)
+    return [torch.randn(*shape, dtype=torch.float64) for _ in range(method.num_views)]
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_full_ring_equals_uniform(name, tiny_config):
     torch.manual_seed(5)
     method = identity_method(name, tiny_config, dim=2 if name == "cmc" else 8)
-    if name == "cmc":
-        method.head_ab = nn.Linear(4, 2).double()
-    shape = (6, 3, 1, 2) if name == "cmc" else (6, 8)
-    views = [torch.randn(*shape, dtype=torch.float64) for _ in range(method.num_views)]
-    indices = torch.arange(6)
+    views, indices = method_views(name, method), torch.arange(6)
     state = {k: v.clone() for k, v in method.state_dict().items()}
-    torch.manual_seed(6)
-    uniform, _ = method(views, indices, UNIFORM)
-    method.load_state_dict(state)
-    torch.manual_seed(6)
-    ring, _ = method(views, indices, FULL_RING)
-    assert ring.item() == uniform.item()
+    losses = []
+    for sampler in (
+        NegativeSampler("uniform"),
+        NegativeSampler("ring", upper=1.0, lower_ratio=0.0),
+    ):
+        method.load_state_dict(state)
+        torch.manual_seed(6)
+        losses.append(method(views, indices, sampler)[0].item())
+    assert losses[0] == losses[1]
+
+
+# --- DCL and HCL, per anchor from the equations ---------------------------------------------
+
+
+def reference_debiased(anchor, positive, negatives, t, tau_plus, beta=0.0):
+    """HCL's estimator (beta = 0: DCL's), one anchor, Python floats."""
+    count = len(negatives)
+    pos = math.exp(float(anchor @ positive) / t)
+    exps = [math.exp(float(anchor @ n) / t) for n in negatives]
+    tilts = [math.exp(beta * float(anchor @ n) / t) for n in negatives]
+    mean_tilt = sum(tilts) / count
+    weighted_mean = sum(w / mean_tilt * e for w, e in zip(tilts, exps)) / count
+    ng = max((weighted_mean - tau_plus * pos) / (1.0 - tau_plus), math.exp(-1.0 / t))
+    return -math.log(pos / (pos + count * ng))
+
+
+@pytest.mark.parametrize(
+    "name, tau_plus, beta",
+    [("dcl", 0.1, 0.0), ("dcl", 0.3, 0.0), ("hcl", 0.1, 1.0), ("hcl", 0.2, 0.5)],
+)
+def test_debiased_losses_match_the_equations(name, tau_plus, beta, tiny_config):
+    torch.manual_seed(7)
+    method = identity_method("moco", tiny_config)
+    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    queue = method.queue.clone()
+    sampler = NegativeSampler(name, tau_plus=tau_plus, beta=beta)
+    loss, _ = method([query, key], torch.arange(6), sampler)
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    expected = (
+        sum(
+            reference_debiased(q[i], k[i], queue, method.temperature, tau_plus, beta)
+            for i in range(6)
+        )
+        / 6
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_debiased_clamp_reaches_its_floor(tiny_config):
+    """A large tau_plus and a strong positive make the debiased sum negative: the floor."""
+    torch.manual_seed(8)
+    method = identity_method("moco", tiny_config)
+    key = torch.randn(6, 8, dtype=torch.float64)
+    queue = method.queue.clone()
+    loss, _ = method([key, key], torch.arange(6), NegativeSampler("dcl", tau_plus=0.9))
+    k = F.normalize(key, dim=1)
+    expected = (
+        sum(reference_debiased(k[i], k[i], queue, method.temperature, 0.9) for i in range(6)) / 6
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert torch.isfinite(loss)
+
+
+def test_hcl_within_the_ring_weighs_ring_draws(tiny_config):
+    torch.manual_seed(9)
+    method = identity_method("moco", tiny_config)
+    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    queue = method.queue.clone()
+    sampler = ring_sampler("hcl", within_ring=True, tau_plus=0.1, beta=1.0)
+    loss, _ = method([query, key], torch.arange(6), sampler)
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    ring_size = len(ring_of(q[0], list(enumerate(queue)), UPPER * LOWER_RATIO, UPPER))
+    positions = torch.randint(ring_size, (6, 64), generator=generator())
+    expected = 0.0
+    for i in range(6):
+        ring = ring_of(q[i], list(enumerate(queue)), UPPER * LOWER_RATIO, UPPER)
+        drawn = [ring[p][1] for p in positions[i]]
+        expected += reference_debiased(q[i], k[i], drawn, method.temperature, 0.1, 1.0) / 6
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        {"name": "dcl", "tau_plus": 0.0},
+        {"name": "hcl", "tau_plus": 0.0, "beta": 0.0},
+        {"name": "mochi", "mochi_hardest": 4, "mochi_pairs": 0, "mochi_query": 0},
+    ],
+)
+def test_limits_give_uniform_infonce(name, strategy, tiny_config):
+    torch.manual_seed(10)
+    method = identity_method(name, tiny_config, dim=2 if name == "cmc" else 8)
+    views, indices = method_views(name, method), torch.arange(6)
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    losses = []
+    for sampler in (NegativeSampler("uniform"), NegativeSampler(**strategy)):
+        method.load_state_dict(state)
+        torch.manual_seed(11)
+        losses.append(method(views, indices, sampler)[0].item())
+    assert losses[1] == pytest.approx(losses[0], abs=1e-9)
+
+
+# --- MoCHi --------------------------------------------------------------------------------
+
+
+def test_mochi_matches_the_mixing_equations(tiny_config):
+    torch.manual_seed(12)
+    method = identity_method("moco", tiny_config)
+    query, key = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
+    queue = method.queue.clone()
+    hardest, pairs, with_query = 10, 6, 3
+    sampler = NegativeSampler(
+        "mochi",
+        mochi_hardest=hardest,
+        mochi_pairs=pairs,
+        mochi_query=with_query,
+        generator=generator(),
+    )
+    loss, stats = method([query, key], torch.arange(4), sampler)
+    assert stats["negatives_per_anchor"] == 64 + pairs + with_query
+    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
+    draws, t = generator(), method.temperature
+    first = torch.randint(hardest, (4, pairs), generator=draws)
+    second = torch.randint(hardest, (4, pairs), generator=draws)
+    alpha = torch.rand(4, pairs, 1, generator=draws)
+    partner = torch.randint(hardest, (4, with_query), generator=draws)
+    beta = 0.5 * torch.rand(4, with_query, 1, generator=draws)
+    expected = 0.0
+    for i in range(4):
+        order = sorted(range(64), key=lambda j: -float(q[i] @ queue[j]))
+        hard = [queue[j] for j in sorted(order[:hardest])]
+        mixes = [
+            F.normalize(
+                alpha[i, m] * hard[first[i, m]] + (1 - alpha[i, m]) * hard[second[i, m]], dim=0
+            )
+            for m in range(pairs)
+        ]
+        mixes += [
+            F.normalize(beta[i, m] * q[i] + (1 - beta[i, m]) * hard[partner[i, m]], dim=0)
+            for m in range(with_query)
+        ]
+        expected += nce_term(q[i], k[i], list(queue) + mixes, t) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_mochi_synthetic_negatives_carry_no_gradient():
+    """The mixes are constants: gradient reaches the query only through q . h (MoCHi sec. 4)."""
+    query = F.normalize(torch.randn(3, 8, dtype=torch.float64), dim=1).requires_grad_()
+    hard = F.normalize(torch.randn(3, 5, 8, dtype=torch.float64), dim=2).requires_grad_()
+    mixes = mochi_negatives(query, hard, 4, 2, generator())
+    assert mixes.shape == (3, 6, 8) and not mixes.requires_grad
+    torch.testing.assert_close(mixes.norm(dim=2), torch.ones(3, 6, dtype=torch.float64))
+    logits = torch.einsum("bd,bkd->bk", query, mixes)
+    (grad,) = torch.autograd.grad(logits.sum(), query)
+    torch.testing.assert_close(grad, mixes.sum(dim=1))

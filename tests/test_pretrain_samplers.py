@@ -1,4 +1,4 @@
-"""Ring selection (ranks, ties, subsampling) and the schedules of ring.upper and the lr."""
+"""Ring selection (ranks, ties, draws, chunked bank ranking), schedules, and bad sampler input."""
 
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pretrain.errors import PretrainError
-from pretrain.samplers import NegativeSampler, ring_columns, ring_rank_range, subsample_columns
+from pretrain.pools import BankPool, DensePool, rank_slice
+from pretrain.samplers import NegativeSampler, draw_positions, ring_rank_range
 from pretrain.schedules import lr_factor, ring_upper_at
 from pretrain.trainer import load_pretrain_config
 
@@ -31,7 +32,7 @@ def test_ring_keeps_exactly_the_rank_fractions(lower, upper):
     similarity = torch.randn(7, 40)
     rank_fraction = ranks_of(similarity).double() / 40
     expected = (rank_fraction >= lower) & (rank_fraction < upper)
-    columns = ring_columns(similarity, lower, upper)
+    columns = rank_slice(similarity, *ring_rank_range(40, lower, upper))
     assert columns.shape[1] == expected[0].sum()  # no column twice
     assert torch.equal(kept_mask(columns, 40), expected)
 
@@ -39,38 +40,52 @@ def test_ring_keeps_exactly_the_rank_fractions(lower, upper):
 def test_rank_range_is_exact_despite_float_error():
     assert ring_rank_range(30, 0.01, 0.1) == (1, 3)  # 0.1 * 30 = 3.0000000000000004
     assert ring_rank_range(100, 0.01, 0.1) == (1, 10)
-    assert ring_rank_range(10, 0.0, 0.01) == (0, 1)  # never empty
+    assert ring_rank_range(10, 0.02, 0.01) == (1, 1)  # empty: check_pool names the fix
 
 
 def test_ties_at_a_boundary_keep_the_values_of_the_sorted_ranks():
     # ranks 1..3 asked for; the value 3 sits at ranks 2, 3 and 4: two of the three enter
     similarity = torch.tensor([[5.0, 4.0, 3.0, 3.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0]])
-    kept = similarity.gather(1, ring_columns(similarity, 0.1, 0.4))
+    kept = similarity.gather(1, rank_slice(similarity, 1, 4))
     assert sorted(kept[0].tolist()) == [3.0, 3.0, 4.0]
     # the top value tied twice: rank 1 is the second 9
     tied_top = torch.tensor([[9.0, 9.0, 1.0, 0.0]])
-    kept = tied_top.gather(1, ring_columns(tied_top, 0.25, 0.75))
+    kept = tied_top.gather(1, rank_slice(tied_top, 1, 3))
     assert sorted(kept[0].tolist()) == [1.0, 9.0]
 
 
-def test_full_ring_keeps_all_and_uniform_selects_nothing():
-    sampler = NegativeSampler("ring", upper=1.0, lower_ratio=0.0)
-    assert torch.equal(
-        sampler.select(torch.randn(3, 9)).sort(1).values, torch.arange(9).expand(3, 9)
-    )
-    assert NegativeSampler("uniform").select(torch.randn(3, 9)) is None
+def test_full_ring_is_the_uniform_pool_and_uniform_is_all_of_it():
+    pool = DensePool(torch.randn(3, 9), torch.randn(9, 4), torch.arange(9))
+    assert NegativeSampler("ring", upper=1.0, lower_ratio=0.0).choose(pool) is None
+    assert NegativeSampler("uniform").choose(pool) is None
 
 
-def test_num_negatives_draws_from_inside_the_ring():
+def test_ring_draws_come_from_inside_the_ring_with_replacement():
     torch.manual_seed(1)
     similarity = torch.randn(5, 200)
-    ring = ring_columns(similarity, 0.05, 0.5)
-    drawn = subsample_columns(ring, 10)
-    assert drawn.shape == (5, 10)
+    ring = rank_slice(similarity, *ring_rank_range(200, 0.05, 0.5))
+    pool = DensePool(similarity, torch.randn(200, 4), torch.arange(200))
+    drawn = NegativeSampler("ring", upper=0.5, lower_ratio=0.1).choose(pool)
+    assert drawn.shape == (5, 200)  # as many as the uniform arm
     for row_drawn, row_ring in zip(drawn.tolist(), ring.tolist()):
-        assert len(set(row_drawn)) == 10 and set(row_drawn) <= set(row_ring)
-    sampler = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives=10)
-    assert sampler.select(similarity).shape == (5, 10)
+        assert set(row_drawn) <= set(row_ring) and len(set(row_drawn)) < 200
+    once = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives="ring")
+    assert torch.equal(once.choose(pool), ring)
+    distinct = draw_positions(5, 90, 90, replacement=False)
+    assert all(sorted(row) == list(range(90)) for row in distinct.tolist())
+
+
+def test_bank_ranking_in_chunks_equals_one_dense_ranking():
+    """The memory bound changes nothing: chunks of one row give the dense answer."""
+    torch.manual_seed(2)
+    anchor, bank = torch.randn(6, 8), torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
+    own = torch.tensor([0, 5, 299, 17, 17, 100])
+    pool = BankPool(anchor, bank, own, draw_count=16)
+    dense = (anchor @ bank.T).scatter(1, own.unsqueeze(1), float("-inf"))
+    expected = rank_slice(dense, 3, 30)
+    assert torch.equal(pool.ring_members(3, 30, max_bytes=1), expected)  # one row a chunk
+    assert torch.equal(pool.ring_members(3, 30, max_bytes=2**30), expected)
+    assert not (pool.ring_members(0, 299, 2**30) == own.unsqueeze(1)).any()  # never its own
 
 
 def test_linear_cosine_step_constant_upper():
@@ -93,9 +108,9 @@ def test_linear_cosine_step_constant_upper():
 def test_schedule_runs_from_a_shipped_config():
     cfg = load_pretrain_config(
         "configs/pretrain/ring_moco_fmnist.yaml",
-        ["sampler.schedule=linear", "sampler.anneal_epochs=2"],
+        ["sampler.schedule=linear", "sampler.anneal_fraction=0.5", "optim.epochs=4"],
     )
-    sampler = NegativeSampler.from_config(cfg.sampler)
+    sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
     uppers = []
     for epoch in (0, 1, 2, 3):
         sampler.set_epoch(epoch)
@@ -113,8 +128,33 @@ def test_lr_warmup_then_cosine_and_step():
     )
 
 
-def test_bad_sampler_settings():
-    with pytest.raises(PretrainError, match="unknown sampler 'hard'"):
-        NegativeSampler("hard")
-    with pytest.raises(PretrainError, match="sampler.upper"):
-        NegativeSampler("ring", upper=0.0)
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "hard"}, "unknown sampler 'hard'"),
+        ({"name": "ring", "upper": 0.0}, "sampler.upper"),
+        ({"name": "ring", "upper": 1.5}, "sampler.upper"),
+        ({"name": "ring", "lower_ratio": 1.0}, "sampler.lower_ratio"),
+        ({"name": "mochi", "within_ring": True}, "sampler.within_ring is not defined"),
+        ({"name": "ring", "within_ring": True}, "sampler.within_ring is not defined"),
+        ({"name": "dcl", "tau_plus": 1.0}, "sampler.tau_plus"),
+        ({"name": "hcl", "beta": -0.5}, "sampler.beta"),
+        ({"name": "mochi", "mochi_hardest": 4, "mochi_pairs": 8}, "sampler.mochi_pairs"),
+        ({"name": "ring", "num_negatives": 0}, "sampler.num_negatives"),
+        ({"name": "ring", "schedule": "exp"}, "unknown sampler.schedule 'exp'"),
+    ],
+)
+def test_bad_sampler_settings_name_the_key(kwargs, message):
+    with pytest.raises(PretrainError, match=message):
+        NegativeSampler(**kwargs)
+
+
+def test_pools_too_small_for_the_strategy_name_the_fix():
+    with pytest.raises(PretrainError, match="keeps no candidate; raise sampler.upper"):
+        NegativeSampler("ring", upper=0.01).check_pool(30, "queue entries")
+    with pytest.raises(PretrainError, match="mochi_hardest=1024 exceeds the 254"):
+        NegativeSampler("mochi").check_pool(254, "in-batch negatives")
+    pool = DensePool(torch.randn(2, 50), torch.randn(50, 4), torch.arange(50))
+    sampler = NegativeSampler("ring", upper=0.2, num_negatives=40, replacement=False)
+    with pytest.raises(PretrainError, match="without replacement from a ring of 9"):
+        sampler.choose(pool)

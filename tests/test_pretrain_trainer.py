@@ -56,7 +56,7 @@ def test_resume_replays_an_uninterrupted_run_exactly(method, tiny_config, tmp_pa
         "name": "ring",
         "upper": 0.5,
         "schedule": "linear",
-        "anneal_epochs": 2.0,
+        "anneal_fraction": 1.0,
     }
     straight = copy.deepcopy(tiny_config)
     straight["output_dir"] = str(tmp_path / "straight")
@@ -169,7 +169,7 @@ def test_ring_moco_on_a_fashion_mnist_slice(tmp_path):
             "data.num_workers=0",
             "optim.batch_size=32",
             "optim.epochs=1",
-            "sampler.anneal_epochs=0.5",
+            "sampler.anneal_fraction=0.5",
             "moco.queue_size=512",
             "knn.train_subset=2000",
             "knn.test_subset=500",
