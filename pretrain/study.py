@@ -23,7 +23,15 @@ import submitit
 from pretrain.errors import PretrainError
 from pretrain.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
 
-SAMPLERS = ("uniform", "ring")
+# Arms: a negative strategy (sampler.name), optionally a variant after a dash (ring-anneal);
+# uniform is the reference every other arm is paired against.
+DEFAULT_ARMS = ("uniform", "ring")
+
+
+def arm_strategy(arm: str) -> str:
+    return arm.split("-", 1)[0]
+
+
 # (key in eval.json, label in tables); the first is the headline metric.
 METRICS = (
     ("linear_top1", "linear top-1"),
@@ -72,12 +80,14 @@ def shown_path(path) -> str:
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
-def config_pairs(config_dir: str | Path, dataset: str, methods: Sequence[str]) -> dict:
-    """{method: {sampler: path}} from the `<sampler>_<method>_<dataset>.yaml` naming."""
+def config_pairs(
+    config_dir: str | Path, dataset: str, methods: Sequence[str], arms=DEFAULT_ARMS
+) -> dict:
+    """{method: {arm: path}} from the `<arm>_<method>_<dataset>.yaml` naming."""
     pairs = {}
     for method in methods:
         pairs[method] = {}
-        for sampler in SAMPLERS:
+        for sampler in arms:
             path = Path(config_dir) / f"{sampler}_{method}_{dataset}.yaml"
             if not path.is_file():
                 raise StudyError(
@@ -134,7 +144,7 @@ def plan_runs(
     specs = []
     for seed in seeds:
         for method, by_sampler in configs.items():
-            for sampler in SAMPLERS:
+            for sampler in by_sampler:
                 out = str(Path(output_root) / f"{method}_{sampler}_s{seed}")
                 overrides = (*common_overrides, f"seed={seed}", f"output_dir={out}", "resume=auto")
                 specs.append(RunSpec(method, sampler, seed, by_sampler[sampler], overrides, out))
@@ -154,9 +164,9 @@ def check_plan(specs: Sequence[RunSpec], load: Callable[[str, Sequence[str]], di
     """Resolve every config before any training: typos and unfair pairs fail in seconds."""
     resolved = {(s.method, s.seed, s.sampler): load(s.config, s.overrides) for s in specs}
     for (method, seed, sampler), cfg in resolved.items():
-        if sampler == "ring":
+        if sampler != "uniform":
             check_same_budget(method, resolved[(method, seed, "uniform")], cfg)
-        if cfg["sampler"]["name"] != sampler:
+        if cfg["sampler"]["name"] != arm_strategy(sampler):
             raise StudyError(
                 f"{method}: the {sampler} config sets sampler.name={cfg['sampler']['name']}"
             )
@@ -275,6 +285,7 @@ class MethodSummary:
     difference: MeanCI | None
     paired_seeds: list[int]
     failed: list[str]
+    arm: str = "ring"
 
 
 def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metric: str):
@@ -285,43 +296,57 @@ def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metr
     }
 
 
+def arms_of(records: Sequence[RunRecord]) -> list[str]:
+    """The arms in the records, uniform first (the reference)."""
+    arms = list(dict.fromkeys(r.sampler for r in records))
+    return sorted(arms, key=lambda arm: arm != "uniform")
+
+
 def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> list[MethodSummary]:
-    """Per method: mean ± CI per sampler, and the paired ring - uniform difference."""
+    """Per (method, arm): mean ± CI, and the paired arm - uniform difference."""
     methods = list(dict.fromkeys(r.method for r in records))
     if not methods:
         raise StudyError("no run records to summarise: the study produced nothing")
     summaries = []
     for method in methods:
-        by_sampler = {s: metric_by_seed(records, method, s, metric) for s in SAMPLERS}
+        arms = [
+            a
+            for a in arms_of(records)
+            if any(r.method == method and r.sampler == a for r in records)
+        ]
+        by_sampler = {s: metric_by_seed(records, method, s, metric) for s in arms}
         per_sampler = {
             s: mean_confidence_interval(list(v.values()), confidence) if v else None
             for s, v in by_sampler.items()
         }
-        common = sorted(set(by_sampler["ring"]) & set(by_sampler["uniform"]))
-        difference = None
-        if common:
-            difference = paired_difference_ci(
-                {s: by_sampler["ring"][s] for s in common},
-                {s: by_sampler["uniform"][s] for s in common},
-                confidence,
+        for arm in arms[1:]:
+            common = sorted(set(by_sampler[arm]) & set(by_sampler.get("uniform", {})))
+            difference = None
+            if common:
+                difference = paired_difference_ci(
+                    {s: by_sampler[arm][s] for s in common},
+                    {s: by_sampler["uniform"][s] for s in common},
+                    confidence,
+                )
+            failed = [
+                f"{r.sampler} seed {r.seed}: {r.error}"
+                for r in records
+                if r.method == method and r.sampler in ("uniform", arm) and r.error is not None
+            ]
+            summaries.append(
+                MethodSummary(method, metric, per_sampler, difference, common, failed, arm)
             )
-        failed = [
-            f"{r.sampler} seed {r.seed}: {r.error}"
-            for r in records
-            if r.method == method and r.error is not None
-        ]
-        summaries.append(MethodSummary(method, metric, per_sampler, difference, common, failed))
     return summaries
 
 
-def verdict(difference: MeanCI | None) -> str:
-    """Plain words for a ring - uniform interval: only a CI excluding zero counts as an effect."""
+def verdict(difference: MeanCI | None, arm: str = "ring") -> str:
+    """Plain words for an arm - uniform interval: only a CI excluding zero counts as an effect."""
     if difference is None:
         return "no paired runs"
     if difference.half_width is None:
         return "1 seed: no interval, no verdict"
     if difference.excludes_zero():
-        return "ring better" if difference.mean > 0 else "ring worse"
+        return f"{arm} better" if difference.mean > 0 else f"{arm} worse"
     return "no resolved difference (CI includes 0)"
 
 
@@ -342,15 +367,18 @@ def markdown_table(summaries: Sequence[MethodSummary], label: str, floor: float 
     lines = [
         f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
         "",
-        f"| method | uniform | ring | ring − uniform ({pct} CI) | seeds | verdict |",
-        "|---|---|---|---|---|---|",
+        f"| method | arm | uniform | arm | arm − uniform ({pct} CI) | seeds | verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        cells = [s.per_sampler[x].format() if s.per_sampler[x] else "failed" for x in SAMPLERS]
+        cells = [
+            s.per_sampler[x].format() if s.per_sampler.get(x) else "failed"
+            for x in ("uniform", s.arm)
+        ]
         diff = signed_points(s.difference) if s.difference else "—"
         lines.append(
-            f"| {s.method} | {cells[0]} | {cells[1]} | {diff} | {len(s.paired_seeds)} "
-            f"| {verdict(s.difference)} |"
+            f"| {s.method} | {s.arm} | {cells[0]} | {cells[1]} | {diff} | "
+            f"{len(s.paired_seeds)} | {verdict(s.difference, s.arm)} |"
         )
     if floor is not None:
         lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
@@ -376,45 +404,52 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+ARM_COLOURS = ("#8c8c8c", "#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#2e933c")
+
+
 def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=0.95) -> None:
-    """Grouped bars (uniform, ring) per method with CI whiskers, one panel per metric."""
+    """Grouped bars (one per arm) per method with CI whiskers, one panel per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = METRICS[:3]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    colours = {"uniform": "#8c8c8c", "ring": "#d1495b"}
+    arms = arms_of(records)
+    methods = list(dict.fromkeys(r.method for r in records))
+    width = 0.8 / len(arms)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        summaries = summarise(records, key, confidence)
-        positions = list(range(len(summaries)))
         lows = [floor[key] * 100] if key in floor else []
-        for offset, sampler in ((-0.2, "uniform"), (0.2, "ring")):
-            cis = [s.per_sampler[sampler] for s in summaries]
+        for a, arm in enumerate(arms):
+            cis = []
+            for method in methods:
+                values = list(metric_by_seed(records, method, arm, key).values())
+                cis.append(mean_confidence_interval(values, confidence) if values else None)
             heights = [ci.mean * 100 if ci else math.nan for ci in cis]
             errors = [(ci.half_width or 0.0) * 100 if ci else 0.0 for ci in cis]
             lows += [h - e for h, e in zip(heights, errors) if not math.isnan(h)]
+            offset = (a - (len(arms) - 1) / 2) * width
             ax.bar(
-                [p + offset for p in positions],
+                [m + offset for m in range(len(methods))],
                 heights,
-                width=0.38,
+                width=width * 0.95,
                 yerr=errors,
-                capsize=3,
-                color=colours[sampler],
-                label=sampler,
+                capsize=2,
+                color=ARM_COLOURS[a % len(ARM_COLOURS)],
+                label=arm,
             )
         if key in floor:
             ax.axhline(floor[key] * 100, ls="--", color="k", lw=1, label="raw pixels")
-        ax.set_xticks(positions, [s.method for s in summaries])
+        ax.set_xticks(range(len(methods)), methods)
         ax.set_title(label)
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(max(0.0, min(lows, default=5.0) - 5), 100)
     # one legend below the panels, where it cannot hide a bar
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
-    fig.suptitle(f"ring vs uniform negatives (mean ± {confidence:.0%} CI over seeds)")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.suptitle(f"negative strategies (mean ± {confidence:.0%} CI over seeds)")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=120)
@@ -436,7 +471,7 @@ def write_report(
         raise StudyError(
             f"every run failed ({records[0].error if records else 'no runs'}); nothing to report"
         )
-    sections = [f"# Ring vs uniform negatives\n\n{description}\n", "Command:\n"]
+    sections = [f"# Negative strategies vs uniform\n\n{description}\n", "Command:\n"]
     sections.append(f"```\n{command}\n```\n")
     headline = {}
     for key, label in METRICS:
@@ -446,7 +481,7 @@ def write_report(
             raise StudyError(f"cannot summarise {label}: {exc}") from exc
         sections.append(markdown_table(summaries, label, floor.get(key)) + "\n")
         if key == METRICS[0][0]:
-            headline = {s.method: verdict(s.difference) for s in summaries}
+            headline = {f"{s.method} {s.arm}": verdict(s.difference, s.arm) for s in summaries}
             sections.append(failures_section(summaries) + "\n")
     sections.append("![ring vs uniform](results.png)\n")
     write_text_atomic(out_dir / "results.md", "\n".join(sections))
@@ -479,7 +514,6 @@ PRESETS = {
             "optim.epochs=2",
             "optim.batch_size=128",
             "optim.warmup_epochs=0.25",
-            "sampler.anneal_epochs=1",
             "moco.momentum=0.99",
             "knn.train_subset=1000",  # the trainer's end-of-run monitor only; the study
             "knn.test_subset=500",  # evaluates every run itself on the full test split
@@ -526,19 +560,30 @@ def study_plan(args) -> dict:
     return {
         "dataset": args.dataset or preset["dataset"],
         "methods": list(args.methods or preset["methods"]),
+        "arms": list(args.samplers or preset.get("arms", DEFAULT_ARMS)),
         "seeds": list(args.seeds if args.seeds is not None else preset["seeds"]),
         "overrides": [*preset["overrides"], *args.overrides],
         "eval": [*preset["eval"], *args.eval],
     }
 
 
-def describe(plan: dict, args, specs: Sequence[RunSpec]) -> str:
+def data_label(data_cfg) -> str:
+    """What the runs actually trained on: the dataset name and, when given, its folder."""
+    root = f" from `{shown_path(data_cfg.root)}`" if data_cfg.get("root") else ""
+    subset = (
+        f", a fixed {data_cfg.train_subset}-image subset" if data_cfg.get("train_subset") else ""
+    )
+    return f"`{data_cfg.name}`{root}{subset}"
+
+
+def describe(plan: dict, args, specs: Sequence[RunSpec], data: str) -> str:
     lines = [
-        f"Dataset `{plan['dataset']}`, methods {', '.join(plan['methods'])}, seeds "
+        f"Data: {data}. Methods {', '.join(plan['methods'])}, arms "
+        f"{', '.join(plan['arms'])}, seeds "
         f"{', '.join(map(str, plan['seeds']))} ({len(specs)} pretraining runs). Configs: "
-        f"`{{uniform,ring}}_<method>_{plan['dataset']}.yaml` from "
+        f"`<arm>_<method>_{plan['dataset']}.yaml` from "
         f"`{shown_path(args.config_dir)}`, plus "
-        f"the overrides `{' '.join(plan['overrides']) or 'none'}` for every run; the two runs "
+        f"the overrides `{' '.join(plan['overrides']) or 'none'}` for every run; the runs "
         "of a (method, seed) were checked to differ only in `sampler.*`.",
         "",
         "Evaluation: frozen encoder (BN in eval mode, verified bitwise unchanged), pooled "
@@ -562,7 +607,7 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
     plan = study_plan(args)
     check_methods_fit_dataset(plan["methods"], plan["dataset"])
     eval_options(plan["eval"])  # a typo in --eval fails now, not after hours of training
-    configs = config_pairs(args.config_dir, plan["dataset"], plan["methods"])
+    configs = config_pairs(args.config_dir, plan["dataset"], plan["methods"], plan["arms"])
     output = Path(args.output)
     specs = plan_runs(configs, plan["seeds"], output, plan["overrides"])
     resolved = {}
@@ -603,7 +648,7 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
         if args.report_only
         else f"Wall time of this invocation: {minutes:.1f} min."
     )
-    description = describe(plan, args, specs) + "\n\n" + timing
+    description = describe(plan, args, specs, data_label(first.data)) + "\n\n" + timing
     report_dir = Path(args.report_dir) if args.report_dir else output / "report"
     headline = write_report(records, floor, report_dir, command, description)
     log(f"wrote {report_dir / 'results.md'} and {report_dir / 'results.png'}")

@@ -74,10 +74,13 @@ def test_verdict_words(difference, words):
 def test_report_files(tmp_path):
     floor = {"linear_top1": 0.84, "knn20_top1": 0.80, "knn200_top1": 0.74, "linear_top5": 0.99}
     headline = write_report(study_records(), floor, tmp_path, "python x --flag", "Fashion-MNIST")
-    assert headline == {"moco": "ring better", "ir": "no resolved difference (CI includes 0)"}
+    assert headline == {
+        "moco ring": "ring better",
+        "ir ring": "no resolved difference (CI includes 0)",
+    }
     text = (tmp_path / "results.md").read_text()
     assert "python x --flag" in text
-    assert "| moco | 81.0 ± 2.5 | 84.0 ± 2.5 | +3.0 ± 0.0 | 3 | ring better |" in text
+    assert "| moco | ring | 81.0 ± 2.5 | 84.0 ± 2.5 | +3.0 ± 0.0 | 3 | ring better |" in text
     assert "Floor, raw pixels with the same protocol: 80.0." in text
     assert "ir ring seed 2: loss is NaN at step 3" in text
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,12 @@ def parse_args(argv):
     parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "none"))
     parser.add_argument("--dataset", help="config suffix: fmnist, cifar10, stl10, imagenet")
     parser.add_argument("--methods", nargs="+", help="subset of ir cmc moco simclr")
+    parser.add_argument(
+        "--samplers",
+        nargs="+",
+        help="arms: uniform (the reference) and any of ring dcl hcl mochi, or a variant with "
+        "its own config such as ring-anneal (default: uniform ring)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
     parser.add_argument("--config-dir", default=str(REPO / "configs" / "pretrain"))
     parser.add_argument("--output", default="runs/compare_negatives", help="run folders")
