@@ -37,6 +37,7 @@ from pretrain.distributed import all_reduce_mean, barrier, init_distributed
 from pretrain.errors import PretrainError
 from pretrain.knn import extract_features, knn_accuracy
 from pretrain.methods import build_method, method_class
+from pretrain.monitor import FalseNegativeMonitor
 from pretrain.samplers import NegativeSampler
 from pretrain.schedules import lr_factor
 
@@ -298,6 +299,8 @@ def train(cfg):
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
+    # labels for the false-negative monitor only: the method and the loss never see them
+    false_negatives = FalseNegativeMonitor(train_set.labels.to(info.device))
     if on_gpu and cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
     channels_last = on_gpu and cfg.train.channels_last
@@ -376,6 +379,7 @@ def train(cfg):
                 ]
                 with autocast():
                     loss, stats = model(views, indices.to(info.device), sampler)
+                false_negatives.update(stats.pop("monitor"))
                 if not torch.isfinite(loss):
                     raise PretrainError(
                         f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
@@ -415,8 +419,14 @@ def train(cfg):
                 "loss": all_reduce_mean(loss_sum / max(steps_per_epoch, 1)),
                 "images_per_second": images / max(time.perf_counter() - started, 1e-9),
                 "knn_top1": metrics.get("knn_top1"),
+                "negatives_per_anchor": stats["negatives_per_anchor"],
+                **false_negatives.epoch_stats(),
                 **sampler.stats(),
             }
+            if writer is not None:
+                for name in ("false_negative_share", "false_negative_weight_share"):
+                    if name in metrics:
+                        writer.add_scalar(f"monitor/{name}", metrics[name], global_step)
             monitored = due(epoch_done, cfg.knn.every_epochs, last_epoch)
             if monitored and info.is_main:
                 # rank 0 alone embeds the monitor sets; the others wait at the barrier below
