@@ -39,7 +39,7 @@ def test_cli_prints_the_detected_format_and_the_config_to_set(tmp_path):
     )
 
     assert result.returncode == 0, result.stderr
-    assert "detected: torchvision state dict" in result.stdout
+    assert "detected: layout torchvision (torchvision-named state dict" in result.stdout
     assert "verification: max |diff|" in result.stdout
     # Values as Detectron2's command-line opts parse them (False, not JSON's false).
     assert "MODEL.RESNETS.STRIDE_IN_1X1 False" in result.stdout

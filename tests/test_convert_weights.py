@@ -324,7 +324,7 @@ def _write_bad_input(tmp_path, kind):
 
 BAD_INPUTS = {
     "missing layer3": "layer3 is missing",
-    "vit": "holds no ResNet",
+    "vit": "holds no ResNet in any known layout .top-level keys: cls_token",
     "empty": "is empty",
     "text": "is a text file",
     "truncated": "not a readable PyTorch checkpoint",
@@ -333,7 +333,7 @@ BAD_INPUTS = {
     "cifar stem": "CIFAR-style stem",
     "not found": "checkpoint not found",
     "detectron2 model": "already has Detectron2 names",
-    "moco without key encoder": "none or several of them the key encoder",
+    "moco without key encoder": "moco layout .* has no key encoder.*choose one of query",
 }
 ENCODER_OF_BAD_INPUT = {"moco without key encoder": "key"}
 
@@ -399,7 +399,7 @@ def test_ring_nce_cifar_stem_is_refused_from_meta(tmp_path):
     ("kwargs", "match"),
     [
         ({"encoder": "momentum"}, "no encoder 'momentum'"),
-        ({"fmt": "moco"}, "holds no moco-style ResNet"),
+        ({"fmt": "moco"}, "holds no ResNet in the moco layout"),
         ({"fmt": "yaml"}, "unknown format"),
         ({"pixel_mean": (123.7, 116.3, 103.5), "pixel_std": (58.4, 57.1, 57.4)}, r"\[0, 1\]"),
     ],

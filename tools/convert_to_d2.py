@@ -1,8 +1,14 @@
 #!/usr/bin/env python
 """Convert a ResNet checkpoint to Detectron2 weights, verified numerically.
 
-    python tools/convert_to_d2.py CKPT OUT.pkl [--encoder query|key] [--no-verify]
-        [--format auto|ring-nce|moco|backbone|torchvision] [--pixel-mean R G B --pixel-std R G B]
+    python tools/convert_to_d2.py CKPT OUT.pkl [--encoder NAME] [--no-verify] [--format LAYOUT]
+        [--pixel-mean R G B --pixel-std R G B]
+
+The layout is detected (ring-nce's own checkpoints, or the layouts of public checkpoints in
+transfer/layouts.py: MoCo v1/v2/v3, SimSiam, DINO, SwAV, Barlow Twins, VICReg, BYOL, VISSL,
+mmselfsup/mmpretrain, solo-learn, lightly, timm, torchvision) and printed. --encoder picks among
+a file's encoders; the default is the first listed per layout (MoCo: query, MoCo v3: base, DINO:
+teacher, BYOL: online, ...), for ring-nce the checkpoint's default_encoder.
 
 Writes OUT.pkl and OUT.json (report + the Detectron2 config keys a transfer run must set) only
 when conversion and verification succeed. CMC checkpoints are refused: their encoders read Lab
@@ -15,15 +21,17 @@ import argparse
 import sys
 
 from pretrain.errors import one_line_errors
+from transfer.layouts import encoders_help
 from transfer.weights import FORMATS, convert
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="ring-nce, MoCo-style, backbone. or torchvision file")
+    parser.add_argument("checkpoint", help="a ring-nce or public ResNet checkpoint (.pth)")
     parser.add_argument("output", help="Detectron2 weights to write (.pkl); .json goes beside it")
     parser.add_argument(
-        "--encoder", help="which encoder: query|key (MoCo), or a ring-nce encoder name"
+        "--encoder",
+        help="which encoder, default first: " + encoders_help() + "; ring-nce: its encoder names",
     )
     parser.add_argument(
         "--verify",

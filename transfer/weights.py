@@ -8,11 +8,11 @@ own ``DetectionCheckpointer`` into Detectron2's own ResNet under the prefix a de
 the source network's layer1..layer4 on a random batch. Only then are OUT and its ``.json``
 (report + the config keys a transfer run must set) moved into place.
 
-Inputs: ring-nce pretraining checkpoints (docs/design.md), MoCo-style ``state_dict`` with
-``module.encoder_q.`` / ``module.encoder_k.`` prefixes, ``backbone.``-prefixed state dicts and
-plain torchvision ResNet state dicts (fc allowed). CMC checkpoints are refused: their encoders
-read Lab channels and L is a nonlinear function of RGB, so no first convolution reproduces them
-on RGB input.
+Inputs: ring-nce pretraining checkpoints (docs/design.md) and the layouts public
+self-supervised ResNet checkpoints ship in (MoCo v1/v2/v3, SimSiam, DINO, SwAV, Barlow Twins,
+VICReg, BYOL, VISSL, mmselfsup, solo-learn, lightly, timm, torchvision: ``transfer.layouts``),
+read by ``transfer.sources``. CMC checkpoints are refused: their encoders read Lab channels and
+L is a nonlinear function of RGB, so no first convolution reproduces them on RGB input.
 """
 
 import json
@@ -21,10 +21,9 @@ import pickle
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
@@ -34,12 +33,15 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 from pretrain.backbones import build_backbone
-from pretrain.errors import PretrainError
 from transfer.modeling import build_any_width_resnet_backbone
+from transfer.sources import (  # noqa: F401  (FORMATS: part of this module's API)
+    FORMATS,
+    ConversionError,
+    SourceBackbone,
+    describe_keys,
+    read_source,
+)
 
-RING_NCE_FORMAT = "ring-nce-pretrain"
-RING_NCE_VERSION = 1
-FORMATS = ("auto", "ring-nce", "moco", "backbone", "torchvision")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TOLERANCE = 1e-4
@@ -53,19 +55,6 @@ DEPTH_BY_LAYOUT = {
     ("bottleneck", (3, 4, 23, 3)): 101,
     ("bottleneck", (3, 8, 36, 3)): 152,
 }
-# Checkpoints saved with numpy RNG state pickle these; they are data, not code.
-# numpy 1.x pickles name the array rebuilder numpy.core..., numpy 2.x numpy._core...
-_reconstruct = np._core.multiarray._reconstruct
-NUMPY_SAFE_GLOBALS = [
-    np.ndarray,
-    np.dtype,
-    _reconstruct,
-    (_reconstruct, "numpy.core.multiarray._reconstruct"),
-] + [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-
-
-class ConversionError(PretrainError):
-    """A checkpoint that cannot be converted; the message says why and what to do instead."""
 
 
 @dataclass(frozen=True)
@@ -87,238 +76,6 @@ class ResNetLayout:
         return self.stem_channels / 64
 
 
-@dataclass
-class SourceBackbone:
-    """The backbone tensors (torchvision names, no fc) and what is known about their training."""
-
-    state_dict: dict
-    fmt: str
-    description: str
-    encoder: str | None = None
-    meta: dict = field(default_factory=dict)
-    dropped: list = field(default_factory=list)
-
-
-# ---------------------------------------------------------------- reading the checkpoint
-
-
-def load_checkpoint(path: Path):
-    """``torch.load`` without running arbitrary pickled code; clear errors for non-checkpoints."""
-    if not path.is_file():
-        raise ConversionError(f"checkpoint not found: {path} (give the path of a .pth file)")
-    if path.stat().st_size == 0:
-        raise ConversionError(f"{path} is empty (0 bytes): the save was interrupted; re-export it")
-    try:
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for foreign or truncated files
-        raise ConversionError(_load_failure_message(path, error)) from error
-
-
-def _load_failure_message(path: Path, error: Exception) -> str:
-    if _looks_like_text(path):
-        return f"{path} is a text file, not a PyTorch checkpoint: give a file written by torch.save"
-    if path.suffix == ".pkl":
-        return (
-            f"{path} is a plain pickle (.pkl), e.g. converted Detectron2 weights, which need no "
-            "conversion: give the torch.save checkpoint (.pth) it came from"
-        )
-    if "Weights only load failed" in str(error):
-        unsafe = _unsafe_globals(path)
-        objects = f"Python objects ({', '.join(unsafe[:3])})" if unsafe else "content"
-        return (
-            f"{path} pickles {objects} that torch cannot load safely (weights_only): "
-            "save a dict of tensors (model.state_dict()) with torch.save instead"
-        )
-    text = str(error).strip()
-    first_line = text.splitlines()[0][:120] if text else "no message"
-    return (
-        f"{path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first_line}); "
-        "it is truncated or of another kind: give a file written by torch.save"
-    )
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    try:
-        return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception:  # not a torch.save zip file at all: the caller reports it as unreadable
-        return []
-
-
-def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(512)
-    try:
-        return all(line.isprintable() for line in head.decode("utf-8").splitlines())
-    except UnicodeDecodeError:
-        return False
-
-
-def _prefixes_of_resnets(state: dict) -> list[str]:
-    """Every prefix P under which P + 'conv1.weight' and P + 'layer1.0.conv1.weight' exist."""
-    anchor = "layer1.0.conv1.weight"
-    prefixes = [key[: -len(anchor)] for key in _string_keys(state) if key.endswith(anchor)]
-    return sorted(p for p in prefixes if f"{p}conv1.weight" in state)
-
-
-def _string_keys(state: dict) -> list[str]:
-    return [key for key in state if isinstance(key, str)]
-
-
-def _format_of_prefix(prefix: str) -> str:
-    if "encoder_q." in prefix or "encoder_k." in prefix:
-        return "moco"
-    if prefix.endswith("backbone."):
-        return "backbone"
-    return "torchvision"
-
-
-def _tensor_dicts(obj: dict):
-    """The checkpoint itself and the usual containers inside it, in order of preference."""
-    yield "", obj
-    for name in ("state_dict", "model", "module"):
-        if isinstance(obj.get(name), dict):
-            yield f"['{name}']", obj[name]
-
-
-MOCO_ENCODER_PREFIXES = {"query": "encoder_q.", "key": "encoder_k."}
-
-
-def _choose_prefix(prefixes: list[str], encoder: str | None, path: Path) -> str:
-    """The one ResNet to convert; MoCo's query encoder unless --encoder says otherwise."""
-    moco = [p for p in prefixes if _format_of_prefix(p) == "moco"]
-    if encoder is not None and encoder not in MOCO_ENCODER_PREFIXES:
-        raise ConversionError(
-            f"--encoder {encoder!r} is not query or key, the encoders a state dict can hold"
-        )
-    if len(prefixes) == 1 and not moco:
-        if encoder not in (None, "query"):
-            raise ConversionError(
-                f"--encoder {encoder}: {path} holds a single ResNet (prefix "
-                f"'{prefixes[0]}'); omit --encoder"
-            )
-        return prefixes[0]
-    wanted = MOCO_ENCODER_PREFIXES[encoder or "query"]
-    matches = [p for p in moco if p.endswith(wanted)]
-    if len(matches) == 1:
-        return matches[0]
-    raise ConversionError(
-        f"{path} holds ResNets under prefixes {', '.join(repr(p) for p in prefixes)}, none or "
-        f"several of them the {encoder or 'query'} encoder: pick another --encoder or --format"
-    )
-
-
-def _source_from_state_dict(obj: dict, fmt: str, encoder: str | None, path: Path):
-    for where, state in _tensor_dicts(obj):
-        prefixes = _prefixes_of_resnets(state)
-        if fmt != "auto":
-            prefixes = [p for p in prefixes if _format_of_prefix(p) == fmt]
-        if not prefixes:
-            continue
-        prefix = _choose_prefix(prefixes, encoder, path)
-        keys = _string_keys(state)
-        backbone = {k[len(prefix) :]: state[k] for k in keys if k.startswith(prefix)}
-        dropped = [k for k in keys if not k.startswith(prefix)]
-        dropped += [prefix + k for k in backbone if k.startswith("fc.")]
-        backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
-        detected = _format_of_prefix(prefix)
-        name = {"moco": "query" if "encoder_q." in prefix else "key"}.get(detected)
-        description = f"{detected} state dict{where}, prefix '{prefix}'"
-        return SourceBackbone(backbone, detected, description, encoder=name, dropped=dropped)
-    return None
-
-
-def _describe_keys(keys, limit=3) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
-
-
-def _source_from_ring_nce(obj: dict, encoder: str | None, path: Path) -> SourceBackbone:
-    if obj.get("version") != RING_NCE_VERSION:
-        raise ConversionError(
-            f"{path} is a ring-nce checkpoint of version {obj.get('version')!r}; this converter "
-            f"reads version {RING_NCE_VERSION}: convert it with the ring-nce that wrote it"
-        )
-    meta, encoders = obj.get("meta"), obj.get("encoders")
-    if not isinstance(meta, dict) or not isinstance(encoders, dict) or not encoders:
-        raise ConversionError(
-            f"{path} is a ring-nce checkpoint without 'meta' or 'encoders': it is corrupt; "
-            "use another epoch's checkpoint"
-        )
-    if meta.get("method") == "cmc" or {"l", "ab"} <= set(encoders):
-        raise ConversionError(
-            f"{path} is a CMC checkpoint: its encoders read Lab channels (L, ab) and L is a "
-            "nonlinear function of RGB, so no first convolution reproduces them on RGB images; "
-            "convert a checkpoint of an RGB method (moco, ir, simclr) instead"
-        )
-    name = encoder or meta.get("default_encoder")
-    if name is None and len(encoders) == 1:
-        name = next(iter(encoders))
-    if name not in encoders:
-        raise ConversionError(
-            f"{path} has no encoder {name!r}; choose one with --encoder: "
-            f"{', '.join(sorted(encoders))}"
-        )
-    if meta.get("stem", "imagenet") != "imagenet":
-        raise ConversionError(_stem_message(path, meta.get("stem")))
-    state = dict(encoders[name])
-    dropped = [f"fc ({k})" for k in state if k.startswith("fc.")]
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    dropped += [f"encoder {other}" for other in sorted(encoders) if other != name]
-    dropped += ["model (heads, queues, banks)"] if "model" in obj else []
-    description = (
-        f"ring-nce checkpoint (method {meta.get('method')}, sampler {meta.get('sampler')}, "
-        f"epoch {obj.get('epoch')}), encoder '{name}'"
-    )
-    return SourceBackbone(state, "ring-nce", description, encoder=name, meta=meta, dropped=dropped)
-
-
-def _stem_message(path: Path, stem) -> str:
-    return (
-        f"{path} was pretrained with the {stem!r} stem (3x3 stride-1 conv1, no max-pool), which "
-        "Detectron2's BasicStem (7x7 stride-2 conv1 + max-pool) cannot express: pretrain with "
-        "stem=imagenet to transfer to Detectron2"
-    )
-
-
-def read_source(path: Path, fmt: str = "auto", encoder: str | None = None) -> SourceBackbone:
-    """Detect the checkpoint layout and return the chosen encoder's backbone tensors."""
-    if fmt not in FORMATS:
-        raise ConversionError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    obj = load_checkpoint(path)
-    if not isinstance(obj, dict):
-        raise ConversionError(
-            f"{path} holds a {type(obj).__name__}, not a dict of tensors: save model.state_dict()"
-        )
-    is_ring_nce = obj.get("format") == RING_NCE_FORMAT
-    if fmt in ("auto", "ring-nce") and is_ring_nce:
-        return _source_from_ring_nce(obj, encoder, path)
-    if fmt == "ring-nce":
-        raise ConversionError(
-            f"{path} is not a ring-nce checkpoint (no format '{RING_NCE_FORMAT}'); "
-            "use --format auto"
-        )
-    source = None if is_ring_nce else _source_from_state_dict(obj, fmt, encoder, path)
-    if source is None:
-        raise ConversionError(_no_resnet_message(path, obj, fmt))
-    return source
-
-
-def _no_resnet_message(path: Path, obj: dict, fmt: str) -> str:
-    keys = [str(key) for _, state in _tensor_dicts(obj) for key in state]
-    if any(key.endswith("stem.conv1.weight") for key in keys):
-        return (
-            f"{path} already has Detectron2 names (stem.conv1, res2..res5): it needs no conversion "
-            "(give it to MODEL.WEIGHTS), or convert the pretraining checkpoint it came from"
-        )
-    wanted = "ResNet" if fmt == "auto" else f"{fmt}-style ResNet"
-    return (
-        f"{path} holds no {wanted} (no keys like 'conv1.weight' + 'layer1.0.conv1.weight'; "
-        f"found {_describe_keys(keys[:50] or ['nothing'])}): only ResNet checkpoints convert"
-    )
-
-
 # ---------------------------------------------------------------- architecture
 
 
@@ -326,7 +83,7 @@ def _check_all_tensors(state: dict) -> None:
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise ConversionError(
-            f"backbone entries {_describe_keys(not_tensors)} are not tensors: the checkpoint is "
+            f"backbone entries {describe_keys(not_tensors)} are not tensors: the checkpoint is "
             "corrupt; re-export it"
         )
 
@@ -524,8 +281,8 @@ def build_source_network(source: SourceBackbone, layout: ResNetLayout) -> nn.Mod
     if missing or incompatible.unexpected_keys:
         raise ConversionError(
             f"the checkpoint does not fit a {layout.arch} of width {layout.width:g}: missing "
-            f"{_describe_keys(missing) or 'none'}; unexpected "
-            f"{_describe_keys(incompatible.unexpected_keys) or 'none'}; re-export it"
+            f"{describe_keys(missing) or 'none'}; unexpected "
+            f"{describe_keys(incompatible.unexpected_keys) or 'none'}; re-export it"
         )
     return net.eval()
 
@@ -574,7 +331,7 @@ def load_like_a_detector(weights_path: Path, resnet: nn.Module) -> None:
         if keys:
             raise ConversionError(
                 f"Detectron2 loads the converted file with {kind} keys "
-                f"({_describe_keys(keys)}): this is a converter bug, please report it"
+                f"({describe_keys(keys)}): this is a converter bug, please report it"
             )
 
 
@@ -585,7 +342,7 @@ def check_key_coverage(converted: dict, resnet: nn.Module) -> None:
     if missing or unused:
         raise ConversionError(
             f"the checkpoint does not fill Detectron2's ResNet exactly: missing "
-            f"{_describe_keys(missing) or 'none'}; unused {_describe_keys(unused) or 'none'}; "
+            f"{describe_keys(missing) or 'none'}; unused {describe_keys(unused) or 'none'}; "
             "the file is incomplete or not a plain ResNet: re-export it"
         )
 
