@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.modeling.backbone.resnet import ResNet
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -25,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 import transfer.modeling  # noqa: F401  (registers our backbones and ROI heads)
 from transfer.config import TransferError, build_config, notice
 from transfer.datasets import prepare_datasets
+from transfer.evaluation import FasterCOCOEvaluator
 from transfer.modeling import res5_head_parameter_prefix
 
 RESULT_TASKS = ("bbox", "segm", "keypoints")
@@ -93,17 +94,14 @@ def load_weights(cfg, model, require_all=False):
 
 
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with pycocotools evaluation and the loaded-backbone check."""
+    """Detectron2's trainer with faster-coco-eval COCO evaluation and the loaded-backbone check."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        # the fast evaluator needs the compiled detectron2._C; pycocotools is the reference
-        return COCOEvaluator(
-            dataset_name, tasks=config_tasks(cfg), output_dir=output_folder, use_fast_impl=False
-        )
+        return FasterCOCOEvaluator(dataset_name, tasks=config_tasks(cfg), output_dir=output_folder)
 
     def resume_or_load(self, resume=True):
         if resume and self.checkpointer.has_checkpoint():
