@@ -24,7 +24,7 @@ import torch.nn.functional as nnf
 
 from pretrain.errors import PretrainError
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601, as PIL's convert("L") and torchvision
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision tensor op's ITU-R 601 weights (PIL: 0.299)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 CROP_ATTEMPTS = 10  # RandomResizedCrop's tries before its centre-crop fallback
 
