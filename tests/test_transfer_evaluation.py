@@ -100,3 +100,20 @@ def test_detectron2s_compiled_evaluator_is_restored_after_evaluating(tmp_path):
         LABELME_COCO,
     )
     assert coco_evaluation.COCOeval_opt is before
+
+
+def test_benchmark_small_run_agrees_and_prints_speedups_last(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "coco_eval.py"
+    spec = importlib.util.spec_from_file_location("benchmark_coco_eval", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--small", "--json", str(tmp_path / "coco.json")]) == 0
+
+    rows = json.loads((tmp_path / "coco.json").read_text())["rows"]
+    assert [row["task"] for row in rows] == ["bbox", "segm", "keypoints"]
+    assert all(row["max_abs_stat_diff"] <= 1e-6 and 0.05 < row["AP"] < 0.95 for row in rows)
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("speedup keypoints:")
