@@ -1,5 +1,16 @@
 #!/usr/bin/env bash
-# Start a real one-node Slurm cluster on localhost (tests and demos), idempotently.
+# Start a real Slurm cluster on this machine (tests and demos), idempotently.
+#
+#   tools/slurm/start_local_slurm.sh             one node: this host, on 127.0.0.1 (the default)
+#   tools/slurm/start_local_slurm.sh --nodes 2   N nodes rnce-n1..N, each slurmd in its own network
+#                                                namespace and UTS namespace (own hostname), on a
+#                                                private bridge this script creates
+#
+# The multi-node network uses only addresses this script creates: bridge $RINGNCE_BRIDGE with
+# $RINGNCE_SUBNET.1/24 on the host (slurmctld listens there, so slurmd and jobs inside the
+# namespaces reach it), and $RINGNCE_SUBNET.(10+i) on node i's veth. Names resolve inside the
+# namespaces through /etc/netns/<node>/hosts, bind-mounted over /etc/hosts in each slurmd's own
+# mount namespace, so the host's /etc/hosts is never touched. tools/slurm/stop_local_slurm.sh removes all of it.
 #
 # Daemons: munged (as the munge user), MariaDB + slurmdbd (submitit reads job states with
 # sacct, which needs accounting), slurmctld, slurmd. Everything this script starts is recorded
@@ -11,6 +22,8 @@
 #   SLURM_LOCAL_DIR  state, logs and PID files (default ${TMPDIR:-/tmp}/ring-nce-slurm)
 #   WAIT_TIMEOUT     seconds to wait for each daemon and for the node (default 60)
 #   MYSQL_PORT       MariaDB port on 127.0.0.1 (default 3306)
+#   RINGNCE_SUBNET   first three octets of the multi-node /24 (default 10.207.0)
+#   RINGNCE_BRIDGE   the bridge's name (default rnce-br0)
 # Exit status: 0 ready, 1 a daemon failed (its log is named), 3 this machine cannot host it (not
 # root, or the Debian packages are missing and cannot be installed): callers may skip on 3.
 set -euo pipefail
@@ -21,6 +34,9 @@ RUN=$ROOT/run
 LOG=$ROOT/log
 DB=$ROOT/mysql
 NODE=$(hostname -s)
+NODES=1
+SUBNET=${RINGNCE_SUBNET:-10.207.0}
+BRIDGE=${RINGNCE_BRIDGE:-rnce-br0}
 PACKAGES="munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 START=$SECONDS
 
@@ -83,6 +99,38 @@ start_munge() {
   say "munged started (pid $(cat "$RUN/munged.pid"))"
 }
 
+# node_names: the Slurm node names of this cluster
+node_names() {
+  if [ "$NODES" = 1 ]; then echo "$NODE"; else seq -f "rnce-n%g" 1 "$NODES"; fi
+}
+node_address() { echo "$SUBNET.$((10 + ${1#rnce-n}))"; } # rnce-nI -> SUBNET.(10+I)
+
+# the lines of slurm.conf that differ between one node on 127.0.0.1 and N namespaced nodes
+cluster_lines() { # TOPOLOGY MEMORY_MB
+  if [ "$NODES" = 1 ]; then
+    cat <<EOF
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmdLogFile=$LOG/slurmd.log
+SlurmdSpoolDir=$ROOT/spool
+NodeName=$NODE NodeAddr=127.0.0.1 ${1}RealMemory=$2 State=UNKNOWN
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+EOF
+    return 0
+  fi
+  # every slurmd shares this file: %n (its node name) keeps their PID files, logs and spools apart
+  echo "SlurmctldHost=$NODE($SUBNET.1)"
+  echo "SlurmdPidFile=$RUN/slurmd-%n.pid"
+  echo "SlurmdLogFile=$LOG/slurmd-%n.log"
+  echo "SlurmdSpoolDir=$ROOT/spool/%n"
+  local name
+  # the nodes share the host's CPUs (oversubscribed) and split its memory
+  for name in $(node_names); do
+    echo "NodeName=$name NodeAddr=$(node_address "$name") ${1}RealMemory=$(($2 / NODES)) State=UNKNOWN"
+  done
+  echo "PartitionName=debug Nodes=rnce-n[1-$NODES] Default=YES MaxTime=INFINITE State=UP"
+}
+
 write_slurm_conf() {
   local mem topology
   mem=$(($(free -m | awk '/^Mem:/{print $2}') * 85 / 100))
@@ -93,7 +141,6 @@ write_slurm_conf() {
   cat >"$ROOT/slurm.conf" <<EOF
 # written by tools/slurm/start_local_slurm.sh (ring-nce); state under $ROOT
 ClusterName=ringnce
-SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -103,11 +150,8 @@ AuthInfo=cred_expire=10
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$ROOT/state
-SlurmdSpoolDir=$ROOT/spool
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -130,22 +174,55 @@ MinJobAge=300
 KillWait=5
 Waittime=0
 GresTypes=gpu
-NodeName=$NODE NodeAddr=127.0.0.1 ${topology}RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+$(cluster_lines "$topology" "$mem")
 EOF
   # the client commands (sbatch, sacct, ...) read /etc/slurm/slurm.conf
   if cmp -s "$ROOT/slurm.conf" /etc/slurm/slurm.conf; then return 0; fi
   mkdir -p /etc/slurm
   cp "$ROOT/slurm.conf" /etc/slurm/slurm.conf
-  local d pid i
-  for d in slurmd slurmctld; do
-    if is_ours "$RUN/$d.pid" $d; then
-      say "slurm.conf changed: restarting $d"
-      pid=$(cat "$RUN/$d.pid")
+  local pidfile daemon pid i
+  # every slurmd either layout started (slurmd.pid, slurmd-<node>.pid), then the controller
+  for pidfile in "$RUN"/slurmd*.pid "$RUN/slurmctld.pid"; do
+    daemon=$(basename "$pidfile" .pid)
+    daemon=${daemon%%-*}
+    if is_ours "$pidfile" "$daemon"; then
+      say "slurm.conf changed: restarting $(basename "$pidfile" .pid)"
+      pid=$(cat "$pidfile")
       kill "$pid"
-      for i in $(seq 1 $((WAIT_TIMEOUT * 10))); do running "$pid" $d || break; sleep 0.1; done
-      if running "$pid" $d; then die "$d ($pid) did not stop after SIGTERM"; fi
+      for i in $(seq 1 $((WAIT_TIMEOUT * 10))); do running "$pid" "$daemon" || break; sleep 0.1; done
+      if running "$pid" "$daemon"; then die "$daemon ($pid) did not stop after SIGTERM"; fi
     fi
+  done
+}
+
+# the bridge, one network namespace + veth per node, and each node's hosts file; what exists
+# already is kept, so a second run changes nothing
+setup_network() {
+  local name address i other
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    say "bridge $BRIDGE created"
+  fi
+  ip addr show dev "$BRIDGE" | grep -q "inet $SUBNET.1/24" || ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  for name in $(node_names); do
+    i=${name#rnce-n}
+    address=$(node_address "$name")
+    ip netns list | grep -qw "^$name" || ip netns add "$name"
+    if ! ip link show "rnce-v$i" >/dev/null 2>&1; then
+      ip link add "rnce-v$i" type veth peer name eth0 netns "$name"
+    fi
+    ip link set "rnce-v$i" master "$BRIDGE" up
+    ip -n "$name" link set lo up
+    ip -n "$name" addr show dev eth0 | grep -q "inet $address/24" \
+      || ip -n "$name" addr add "$address/24" dev eth0
+    ip -n "$name" link set eth0 up
+    mkdir -p "/etc/netns/$name"
+    {
+      echo "127.0.0.1 localhost"
+      echo "$SUBNET.1 $NODE"
+      for other in $(node_names); do echo "$(node_address "$other") $other"; done
+    } >"/etc/netns/$name/hosts"
   done
 }
 
@@ -196,6 +273,27 @@ EOF
   fi
 }
 
+slurmd_pidfile() { if [ "$NODES" = 1 ]; then echo "$RUN/slurmd.pid"; else echo "$RUN/slurmd-$1.pid"; fi; }
+
+start_slurmd() { # NODE_NAME
+  local pidfile
+  pidfile=$(slurmd_pidfile "$1")
+  is_ours "$pidfile" slurmd && return 0
+  if [ "$NODES" = 1 ]; then
+    slurmd
+  else
+    mkdir -p "$ROOT/spool/$1"
+    # its own network namespace (address), mount namespace (its hosts file over /etc/hosts) and
+    # UTS namespace (hostname): jobs on it see rnce-nI as their host, as on a real cluster.
+    # Not 'ip netns exec': it remounts /sys without /sys/fs/cgroup, and slurmd then refuses to start
+    nsenter --net="/run/netns/$1" unshare --mount --uts sh -c \
+      "mount --bind /etc/netns/$1/hosts /etc/hosts && hostname $1 && exec slurmd -N $1" \
+      || die "slurmd on $1 did not start: $(tail -1 "$LOG/slurmd-$1.log" 2>/dev/null)"
+  fi
+  await_pidfile "$pidfile" slurmd "$LOG/$(basename "$pidfile" .pid).log"
+  say "slurmd started on $1 (pid $(cat "$pidfile"))"
+}
+
 start_slurm_daemons() {
   if ! is_ours "$RUN/slurmctld.pid" slurmctld; then
     # a controller we did not start would hold the port and make ours exit at once
@@ -206,37 +304,44 @@ start_slurm_daemons() {
     await_pidfile "$RUN/slurmctld.pid" slurmctld "$LOG/slurmctld.log"
     say "slurmctld started (pid $(cat "$RUN/slurmctld.pid"))"
   fi
-  if ! is_ours "$RUN/slurmd.pid" slurmd; then
-    slurmd
-    await_pidfile "$RUN/slurmd.pid" slurmd "$LOG/slurmd.log"
-    say "slurmd started (pid $(cat "$RUN/slurmd.pid"))"
-  fi
+  local name
+  for name in $(node_names); do start_slurmd "$name"; done
 }
 
-await_node_ready() {
-  local state="" deadline=$((SECONDS + WAIT_TIMEOUT))
+await_node_ready() { # NODE_NAME
+  local state="" deadline=$((SECONDS + WAIT_TIMEOUT)) pidfile log
+  pidfile=$(slurmd_pidfile "$1")
+  log=$LOG/$(basename "$pidfile" .pid).log
   while [ $SECONDS -lt $deadline ]; do
-    local daemon
-    for daemon in slurmctld slurmd; do
-      is_ours "$RUN/$daemon.pid" $daemon \
-        || die "$daemon exited: $(grep -h 'fatal' "$LOG/$daemon.log" | tail -1); read $LOG/$daemon.log"
-    done
-    state=$(sinfo -h -n "$NODE" -o %T 2>/dev/null || true)
+    is_ours "$RUN/slurmctld.pid" slurmctld \
+      || die "slurmctld exited: $(grep -h 'fatal' "$LOG/slurmctld.log" | tail -1); read $LOG/slurmctld.log"
+    is_ours "$pidfile" slurmd || die "slurmd on $1 exited: $(grep -h 'fatal' "$log" | tail -1); read $log"
+    state=$(sinfo -h -n "$1" -o %T 2>/dev/null || true)
     case "$state" in
-      idle | mixed | allocated | completing) say "node $NODE is $state: cluster ready"; return 0 ;;
+      idle | mixed | allocated | completing) say "node $1 is $state"; return 0 ;;
       # a node drained by a previous run (e.g. killed mid-job) is fine to reuse
-      drain* | down* | fail*) scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;;
+      drain* | down* | fail*) scontrol update NodeName="$1" State=RESUME >/dev/null 2>&1 || true ;;
     esac
     sleep 0.2
   done
-  die "node $NODE not ready after ${WAIT_TIMEOUT}s (state '$state'); read $LOG/slurmd.log"
+  die "node $1 not ready after ${WAIT_TIMEOUT}s (state '$state'); read $log"
 }
 
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES=${2:-}; shift; shift || true ;;
+    --nodes=*) NODES=${1#--nodes=}; shift ;;
+    *) die "unknown argument '$1'; usage: start_local_slurm.sh [--nodes N]" 2 ;;
+  esac
+done
+[[ "$NODES" =~ ^[1-9][0-9]?$ ]] || die "--nodes must be a number from 1 to 99, got '$NODES'" 2
 [ "$(id -u)" = 0 ] || die "needs root (it writes /etc/slurm and starts the daemons as root)" 3
 install_packages
 mkdir -p "$RUN" "$LOG" "$ROOT/state" "$ROOT/spool"
 start_munge
+[ "$NODES" = 1 ] || setup_network
 write_slurm_conf
 start_accounting
 start_slurm_daemons
-await_node_ready
+for name in $(node_names); do await_node_ready "$name"; done
+say "cluster ready ($NODES node(s))"

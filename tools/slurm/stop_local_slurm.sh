@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Stop the cluster tools/slurm/start_local_slurm.sh started: only processes named by its PID
 # files (never by name), jobs first so no job outlives slurmd. Safe to run when nothing runs.
-# Environment: SLURM_LOCAL_DIR (as for the start script); PURGE=1 also deletes job state, logs
-# and the accounting database, so the next start is a cold one.
+# A multi-node cluster's network (its namespaces rnce-nI, their veths, the bridge and
+# /etc/netns/rnce-nI) is removed after its slurmd are stopped.
+# Environment: SLURM_LOCAL_DIR, RINGNCE_BRIDGE (as for the start script); PURGE=1 also deletes
+# job state, logs and the accounting database, so the next start is a cold one.
 set -uo pipefail
 ROOT=${SLURM_LOCAL_DIR:-${TMPDIR:-/tmp}/ring-nce-slurm}
 RUN=$ROOT/run
+BRIDGE=${RINGNCE_BRIDGE:-rnce-br0}
 
 say() { echo "[stop_local_slurm] $*"; }
 # running PID COMMAND: a live (not zombie: killed daemons linger until reaped) COMMAND process
@@ -46,7 +49,10 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 
-stop_from_pidfile "$RUN/slurmd.pid" slurmd
+# one slurmd (slurmd.pid) or one per namespaced node (slurmd-rnce-nI.pid)
+for pidfile in "$RUN"/slurmd*.pid; do
+  [ -e "$pidfile" ] && stop_from_pidfile "$pidfile" slurmd
+done
 stop_from_pidfile "$RUN/slurmctld.pid" slurmctld
 stop_from_pidfile "$RUN/slurmdbd.pid" slurmdbd
 stop_from_pidfile "$ROOT/mysql/mysqld.pid" mariadbd
@@ -55,6 +61,18 @@ if [ -s "$RUN/munged.pid" ] && [ "$(cat /run/munge/munged.pid 2>/dev/null)" = "$
   stop_from_pidfile "$RUN/munged.pid" munged
 fi
 rm -f "$RUN/munged.pid"
+
+# the start script's network: only the names it gives (rnce-nI namespaces, rnce-vI veths)
+for name in $(ip netns list 2>/dev/null | awk '$1 ~ /^rnce-n[0-9]+$/ {print $1}'); do
+  ip netns delete "$name" && say "removed network namespace $name" # its eth0 end goes with it
+  rm -rf "/etc/netns/$name"
+done
+for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^rnce-v[0-9]+$'); do
+  ip link delete "$link" 2>/dev/null || true
+done
+if ip link show "$BRIDGE" >/dev/null 2>&1; then
+  ip link delete "$BRIDGE" && say "removed bridge $BRIDGE"
+fi
 
 if [ "${PURGE:-0}" = 1 ]; then
   rm -rf "$ROOT/state" "$ROOT/spool" "$ROOT/log" "$ROOT/mysql"
