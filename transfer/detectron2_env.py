@@ -7,12 +7,27 @@ needs ``_C`` is imported.
 
 import importlib
 import sys
+import warnings
 
 INSTALL_HINT = "run `make test` (or `bash tools/setup_env.sh`) to create .venv with Detectron2"
+# Printed at import, before our own output or one-line error, and harmless here: Detectron2
+# v0.6 scripts a few helpers with torch.jit.script (deprecated in torch 2.x, still working), and
+# reads Pillow's Image.LINEAR (deprecated, kept in the Pillow<10 we pin). Silenced by message,
+# category and the module that triggers them; every other warning still shows.
+KNOWN_IMPORT_WARNINGS = (
+    (r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script"),
+    (r"LINEAR is deprecated", DeprecationWarning, r"detectron2\.data\.transforms\.transform"),
+)
+
+
+def silence_known_import_warnings():
+    for message, category, module in KNOWN_IMPORT_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
 
 def ensure_detectron2():
     """Return ``"compiled"`` or ``"fallback"``: which ``detectron2._C`` is in use."""
+    silence_known_import_warnings()
     try:
         import detectron2  # noqa: F401
     except ModuleNotFoundError as error:
