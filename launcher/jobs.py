@@ -10,6 +10,8 @@ import os
 
 import submitit
 
+from pretrain.distributed import master_address
+
 # ports below 20000 are often taken by services; 40000 consecutive job ids map to distinct ports
 PORT_BASE = 20000
 PORT_SPAN = 40000
@@ -29,7 +31,9 @@ def _slurm_job_id():
 
 
 def distributed_environment():
-    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT for this submitit task."""
+    """RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT for this submitit task: the master is
+    the first host of ``SLURM_JOB_NODELIST`` (submitit expands it with ``scontrol show
+    hostnames``), resolved to its address."""
     env = submitit.JobEnvironment()
     # every task of the job must agree: Slurm's own id (unique per array task), else submitit's
     # id of a local job (shared by its tasks)
@@ -38,7 +42,7 @@ def distributed_environment():
         "RANK": str(env.global_rank),
         "WORLD_SIZE": str(env.num_tasks),
         "LOCAL_RANK": str(env.local_rank),
-        "MASTER_ADDR": env.hostnames[0],
+        "MASTER_ADDR": master_address(env.hostnames[0], env.num_nodes),
         "MASTER_PORT": str(rendezvous_port(job_id)),
     }
 
@@ -76,7 +80,7 @@ class TransferJob(submitit.helpers.Checkpointable):
         # a single process on one machine needs no rendezvous; under Slurm the port comes
         # from the job id so concurrent array tasks on one node never collide
         dist_url = (
-            f"tcp://{env.hostnames[0]}:{rendezvous_port(job_id)}"
+            f"tcp://{master_address(env.hostnames[0], env.num_nodes)}:{rendezvous_port(job_id)}"
             if job_id and (env.num_nodes > 1 or self.num_gpus > 1)
             else "auto"
         )

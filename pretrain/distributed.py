@@ -1,10 +1,14 @@
-"""Process-group set-up from torchrun/submitit environment variables, and gathers.
+"""Process-group set-up from torchrun/submitit environment variables, the rendezvous address of
+a Slurm job, and gathers.
 
 Single-process runs (``WORLD_SIZE`` unset or 1) never touch ``torch.distributed``: every
 helper below is then the identity, so the same method code runs on a laptop and under DDP.
 """
 
+import hashlib
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +54,46 @@ def init_distributed(requested_device="auto"):
             backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size
         )
     return DistInfo(rank, world_size, local_rank, device)
+
+
+def master_address(first_host, num_nodes):
+    """The IPv4 address every rank dials: the job's first host (Slurm's node list order), resolved
+    here so all ranks use one address. A multi-node job whose first host resolves to loopback
+    (a hosts file mapping the node name to 127.0.1.1, say) would have every other node dial
+    itself and hang at the rendezvous, so that is an error instead."""
+    try:
+        address = socket.gethostbyname(first_host)
+    except OSError as error:
+        from pretrain.errors import PretrainError
+
+        raise PretrainError(
+            f"cannot resolve the job's first host {first_host!r} ({error}); the nodes must "
+            "resolve each other's names (DNS or /etc/hosts)"
+        ) from error
+    if num_nodes > 1 and ipaddress.ip_address(address).is_loopback:
+        from pretrain.errors import PretrainError
+
+        raise PretrainError(
+            f"the job's first host {first_host!r} resolves to the loopback address {address}, "
+            "which other nodes cannot reach; map it to its network address in /etc/hosts or DNS"
+        )
+    return address
+
+
+REPLICA_LOCAL = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def replicated_state_digest(module):
+    """A hash of everything DDP keeps equal on every rank: weights and buffers (memory bank,
+    queue and its pointer), leaving out BatchNorm statistics, which are per rank by design.
+    Equal digests from all ranks prove the replicas agree bit for bit."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        if name.endswith(REPLICA_LOCAL):
+            continue
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()

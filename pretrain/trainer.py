@@ -33,7 +33,12 @@ from pretrain.data import (
     with_transform,
 )
 from pretrain.defaults import DEFAULTS
-from pretrain.distributed import all_reduce_mean, barrier, init_distributed
+from pretrain.distributed import (
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    replicated_state_digest,
+)
 from pretrain.errors import PretrainError
 from pretrain.knn import extract_features, knn_accuracy
 from pretrain.methods import build_method, method_class
@@ -466,6 +471,9 @@ def train(cfg):
         "finished": metrics.get("epoch", start_epoch) >= last_epoch,
         "checkpoint": str(checkpoint_path) if checkpoint_path else None,
         "output_dir": str(output_dir),
+        # per rank: equal digests across ranks show the replicas (weights, bank, queue) agree
+        "rank": info.rank,
+        "replicated_digest": replicated_state_digest(method),
     }
     if info.is_main:
         write_json_atomic(result, output_dir / METRICS_NAME)

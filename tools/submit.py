@@ -64,6 +64,9 @@ def parse_args(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     pretrain = commands.add_parser("pretrain", parents=[common], help="one (DDP) pretraining")
     pretrain.add_argument("--config", required=True)
+    pretrain.add_argument(
+        "--tasks-per-node", type=int, help="processes per node (default: one per GPU; 1 on CPU)"
+    )
     pretrain.add_argument("overrides", nargs="*", help="key=value config overrides")
     transfer = commands.add_parser("transfer", parents=[common], help="one Detectron2 run")
     transfer.add_argument("--config", required=True)
@@ -96,8 +99,11 @@ def log_folder(args, default_root, label):
 def submit_pretrain(args):
     cfg = load_pretrain_config(args.config, args.overrides)  # bad configs fail here, not queued
     resources = resources_from(args, "ring-nce-pretrain", 1)
-    # one process per GPU; DDP ranks come from the submitit task of each
-    resources.tasks_per_node = max(1, resources.gpus_per_node)
+    # one process per GPU unless asked otherwise; DDP ranks come from the submitit task of each
+    if args.tasks_per_node is None:
+        resources.tasks_per_node = max(1, resources.gpus_per_node)
+    elif args.tasks_per_node < 1:
+        raise LauncherError(f"--tasks-per-node must be >= 1, got {args.tasks_per_node}")
     folder = log_folder(args, Path(cfg.output_dir) / "submitit", "pretrain")
     executor = make_executor(args.cluster, folder, resources)
     return [submit(executor, resources, PretrainJob(), args.config, args.overrides)]
