@@ -1,0 +1,308 @@
+"""The parts of ``tools/gpu_check.py``: each ``part(mode, work_dir) -> figures`` dict.
+
+``mode`` is ``gpu`` (one CUDA GPU, the issue's shapes) or ``tiny`` (the same code paths on the
+CPU, small). Each part runs in its own subprocess, so a crash or a hang stays in its part.
+``figures["headline"]`` holds the few numbers the table prints; the rest goes to the JSON.
+"""
+
+import copy
+import importlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def device_for(mode):
+    return torch.device("cuda" if mode == "gpu" else "cpu")
+
+
+def environment(mode, work_dir):
+    import torchvision
+
+    optional = {}
+    for name in ("detectron2", "fvcore", "iopath", "pycocotools", "yacs", "omegaconf", "submitit"):
+        try:
+            importlib.import_module(name)
+            optional[name] = True
+        except Exception:  # an import can fail in many ways; the check only records it
+            optional[name] = False
+    facts = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu_count": torch.cuda.device_count(),
+        "bf16_supported": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        "imports": optional,
+    }
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        facts["gpu_memory_gib"] = props.total_memory / 2**30
+        facts["compute_capability"] = f"{props.major}.{props.minor}"
+    missing = [name for name, ok in optional.items() if not ok]
+    headline = {"gpu": facts["gpu"] or "none", "torch": facts["torch"], "cpus": facts["cpus"]}
+    headline["missing"] = ",".join(missing) or "none"
+    return {"headline": headline, **facts}
+
+
+def benchmark_json(module_name, argv, work_dir):
+    """Runs a benchmark script's ``main(argv)`` with ``--json`` and returns that JSON."""
+    path = work_dir / f"{module_name}.json"
+    path.unlink(missing_ok=True)
+    status = importlib.import_module(module_name).main([*argv, "--json", str(path)])
+    if status != 0 or not path.is_file():
+        raise RuntimeError(f"benchmarks/{module_name}.py exited {status}")
+    return json.loads(path.read_text())
+
+
+def ring_selection(mode, work_dir):
+    if mode == "gpu":
+        argv = ["--shapes", "moco", "ir1m", "--devices", "cuda", "--repeats", "5"]
+    else:
+        argv = ["--preset", "smoke", "--shapes", "moco", "ir60k", "--devices", "cpu"]
+        argv += ["--repeats", "1"]
+    report = benchmark_json("ring_selection", argv, work_dir)
+    headline = {
+        f"{row['shape']} {row['pass']} ring/uniform": row["ring_over_uniform"]
+        for row in report["rows"]
+    }
+    return {"headline": headline, "report": report}
+
+
+def throughput(mode, work_dir):
+    if mode == "gpu":
+        argv = ["--preset", "gpu", "--steps", "20", "--rounds", "1"]
+        argv += ["--data-dir", str(work_dir / "jpeg_folder")]
+    else:
+        argv = ["--preset", "smoke"]
+    report = benchmark_json("train_throughput", argv, work_dir)
+    headline = {}
+    for row in report["rows"]:
+        headline[f"{row['method']} synthetic img/s"] = row["synthetic_images_per_second"]
+        headline[f"{row['method']} loader img/s"] = row["loader_images_per_second"]
+        headline[f"{row['method']} data wait"] = row["data_wait_share"]
+    return {"headline": headline, "report": report}
+
+
+def agreement_config(mode, sampler):
+    from pretrain.trainer import as_config
+
+    big = mode == "gpu"
+    return as_config(
+        {
+            "method": "moco",
+            "device": "cuda" if big else "cpu",
+            "model": {"arch": "resnet50"} if big else {"arch": "resnet18", "width": 0.25},
+            "sampler": {"name": sampler},
+            "moco": {"queue_size": 65536 if big else 256},
+            "data": {"name": "synthetic", "image_size": 224 if big else 32},
+            "optim": {"batch_size": 128 if big else 8},
+        }
+    )
+
+
+def one_loss(method, views, indices, sampler, autocast):
+    """The loss of one forward from ``method``'s current state (the method is a copy)."""
+    torch.manual_seed(0)  # shuffle-BN's permutation and the ring's draws: the same each time
+    with torch.no_grad(), autocast:
+        loss, _ = method(views, indices, sampler)
+    return float(loss.float())
+
+
+def bf16_agreement(mode, work_dir):
+    from pretrain.methods import build_method
+    from pretrain.samplers import NegativeSampler
+
+    device = device_for(mode)
+    torch.backends.cuda.matmul.allow_tf32 = False  # the reference is true fp32
+    torch.backends.cudnn.allow_tf32 = False
+    figures = {}
+    for sampler_name in ("uniform", "ring"):
+        cfg = agreement_config(mode, sampler_name)
+        torch.manual_seed(0)
+        method = build_method(cfg, 1024, 3, "synthetic").to(device).train()
+        if device.type == "cuda":
+            method.to(memory_format=torch.channels_last)
+        sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
+        size, batch = cfg.data.image_size, cfg.optim.batch_size
+        views = [torch.randn(batch, 3, size, size, device=device) for _ in range(2)]
+        indices = torch.arange(batch, device=device)
+        fp32 = one_loss(
+            copy.deepcopy(method),
+            views,
+            indices,
+            sampler,
+            torch.autocast(device.type, enabled=False),
+        )
+        bf16 = one_loss(
+            copy.deepcopy(method),
+            views,
+            indices,
+            sampler,
+            torch.autocast(device.type, torch.bfloat16),
+        )
+        figures[sampler_name] = {
+            "fp32": fp32,
+            "bf16": bf16,
+            "relative": abs(bf16 - fp32) / abs(fp32),
+        }
+    worst = max(f["relative"] for f in figures.values())
+    if worst > 0.02:  # bf16 keeps ~3 significant digits; a wrong cast path is off by far more
+        raise RuntimeError(f"bf16 and fp32 losses differ by {worst:.3g} (relative): {figures}")
+    return {"headline": {"worst relative loss gap": worst}, **figures}
+
+
+def resume_config(mode, output_dir, stop_after_epoch=None):
+    big = mode == "gpu"
+    batch, steps_per_epoch = (64, 50) if big else (8, 2)
+    return {
+        "method": "moco",
+        "output_dir": str(output_dir),
+        "device": "cuda" if big else "cpu",
+        "model": {"arch": "resnet50"} if big else {"arch": "resnet18", "width": 0.25},
+        "sampler": {"name": "ring"},
+        "moco": {"queue_size": 4096 if big else 32},
+        "data": {
+            "name": "synthetic",
+            "num_workers": 4 if big else 0,
+            "synthetic": {
+                "image_size": 64 if big else 32,
+                "train_count": batch * steps_per_epoch,
+                "test_count": 64,
+            },
+        },
+        "optim": {"batch_size": batch, "epochs": 2},
+        "train": {"stop_after_epoch": stop_after_epoch, "progress": False, "tensorboard": False},
+        "knn": {"every_epochs": 0, "train_subset": 64, "test_subset": 64, "k": 5},
+        "checkpoint": {"every_epochs": 1},
+    }
+
+
+def final_checkpoint(output_dir):
+    from pretrain.checkpoint import epoch_path, load_checkpoint
+
+    return load_checkpoint(epoch_path(output_dir, 2))
+
+
+def largest_difference(first, second):
+    return max((first[k].float() - second[k].float()).abs().max().item() for k in first)
+
+
+def resume_convert(mode, work_dir):
+    import shutil
+
+    from pretrain.trainer import train
+
+    if mode == "gpu":  # the same kernels on both runs, or "exact" cannot be asked of CUDA
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    straight, resumed = work_dir / "resume_straight", work_dir / "resume_stopped"
+    for folder in (straight, resumed):
+        shutil.rmtree(folder, ignore_errors=True)
+    train(resume_config(mode, straight))
+    train(resume_config(mode, resumed, stop_after_epoch=1))
+    train(resume_config(mode, resumed))
+    first, second = final_checkpoint(straight), final_checkpoint(resumed)
+    gap = largest_difference(first["model"], second["model"])
+    weights = work_dir / "converted.pkl"
+    command = [sys.executable, str(REPO / "tools" / "convert_to_d2.py")]
+    command += [str(straight / "checkpoints" / "epoch_0002.pth"), str(weights)]
+    converted = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if converted.returncode != 0:
+        raise RuntimeError(f"conversion failed: {converted.stderr.strip()[-300:]}")
+    if gap != 0:
+        raise RuntimeError(f"resumed run differs from the straight one by {gap:.3g}")
+    headline = {"steps": first["global_step"], "max parameter gap": gap, "converted": weights.name}
+    return {"headline": headline, "conversion_report": converted.stdout[-2000:]}
+
+
+def detectron2_opts(mode, weights, output_dir):
+    opts = ["MODEL.WEIGHTS", str(weights), "OUTPUT_DIR", str(output_dir)]
+    if mode == "gpu":
+        opts += ["SOLVER.MAX_ITER", "50", "INPUT.MIN_SIZE_TRAIN", "(800,)"]
+        opts += ["INPUT.MAX_SIZE_TRAIN", "1333", "INPUT.MIN_SIZE_TEST", "800"]
+        opts += ["INPUT.MAX_SIZE_TEST", "1333", "DATALOADER.NUM_WORKERS", "4"]
+        return opts
+    opts += ["SOLVER.MAX_ITER", "2", "MODEL.FPN.OUT_CHANNELS", "64"]
+    opts += ["MODEL.ROI_BOX_HEAD.FC_DIM", "128", "MODEL.ROI_MASK_HEAD.CONV_DIM", "64"]
+    return opts + ["MODEL.ROI_KEYPOINT_HEAD.CONV_DIMS", "(64, 64)"]
+
+
+def seconds_per_iteration(output_dir):
+    """Median of Detectron2's logged per-iteration ``time`` (metrics.json), or None."""
+    path = Path(output_dir) / "metrics.json"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    times = [record["time"] for record in records if "time" in record]
+    return statistics.median(times) if times else None
+
+
+def detectron2(mode, work_dir):
+    import time
+
+    from transfer.engine import run
+
+    weights = work_dir / "converted.pkl"
+    if not weights.is_file():
+        raise RuntimeError(f"no {weights}: the resume_convert part did not finish")
+    figures, headline = {}, {}
+    for task, config in (
+        ("mask", "tiny_mask_rcnn_R50_FPN.yaml"),
+        ("keypoint", "tiny_keypoint_rcnn_R50_FPN.yaml"),
+    ):
+        output_dir = work_dir / f"detectron2_{task}"
+        started = time.perf_counter()
+        results = run(
+            str(REPO / "configs" / "transfer" / config), detectron2_opts(mode, weights, output_dir)
+        )
+        per_iteration = seconds_per_iteration(output_dir)
+        figures[task] = {
+            "results": results,
+            "s_per_iter": per_iteration,
+            "wall_s": time.perf_counter() - started,
+        }
+        headline[f"{task} s/iter"] = per_iteration if per_iteration is not None else "n/a"
+        headline[f"{task} bbox AP"] = results.get("bbox", {}).get("AP")
+    return {"headline": headline, **figures}
+
+
+def study(mode, work_dir):
+    command = [sys.executable, str(REPO / "tools" / "compare_negatives.py"), "--preset", "cpu"]
+    command += ["--methods", "moco", "--seeds", "0", "1", "2"]
+    command += ["--output", str(work_dir / "study"), "--report-dir", str(work_dir / "study_report")]
+    if mode == "gpu":  # ~60 s per run: 6 runs and their linear evaluations in about 7 minutes
+        command += ["device=cuda", "data.num_workers=6", "optim.epochs=4"]
+        command += ["--eval", "device=cuda", "--eval", "batch_size=1024", "--eval", "num_workers=6"]
+    else:
+        command += ["data.train_subset=256", "optim.epochs=1", "optim.batch_size=32"]
+        command += ["moco.queue_size=64", "model.width=0.125", "knn.train_subset=64"]
+        command += ["knn.test_subset=64", "--eval", "epochs=1", "--eval", "train_subset=256"]
+        command += ["--eval", "test_subset=256"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"study exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    report = (work_dir / "study_report" / "results.md").read_text()
+    return {
+        "headline": {"report": str(work_dir / "study_report" / "results.md")},
+        "results_md": report,
+    }
+
+
+PARTS = {
+    "environment": environment,
+    "ring_selection": ring_selection,
+    "throughput": throughput,
+    "bf16_agreement": bf16_agreement,
+    "resume_convert": resume_convert,
+    "detectron2": detectron2,
+    "study": study,
+}
