@@ -27,6 +27,7 @@ from transfer.config import TransferError, build_config, notice
 from transfer.datasets import prepare_datasets
 from transfer.evaluation import FasterCOCOEvaluator
 from transfer.modeling import res5_head_parameter_prefix
+from transfer.user_datasets import check_against_config, register_user_datasets
 
 RESULT_TASKS = ("bbox", "segm", "keypoints")
 RESULTS_FILE = "results.json"
@@ -101,7 +102,11 @@ class Trainer(DefaultTrainer):
         if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return FasterCOCOEvaluator(dataset_name, tasks=config_tasks(cfg), output_dir=output_folder)
+        # a user dataset's own OKS sigmas (transfer.user_datasets); COCO's otherwise
+        sigmas = MetadataCatalog.get(dataset_name).get("keypoint_oks_sigmas", ())
+        return FasterCOCOEvaluator(
+            dataset_name, tasks=config_tasks(cfg), output_dir=output_folder, kpt_oks_sigmas=sigmas
+        )
 
     def resume_or_load(self, resume=True):
         if resume and self.checkpointer.has_checkpoint():
@@ -163,10 +168,17 @@ def setup_run_logging(cfg, config_file, resume, eval_only):
     default_setup(cfg, args)
 
 
-def run_in_process(cfg, config_file, resume, eval_only):
+def prepare_all_datasets(cfg, datasets):
+    """Register the user's datasets, then check everything the config names (no model yet)."""
+    register_user_datasets(datasets)
+    prepare_datasets(cfg)
+    check_against_config(cfg)
+
+
+def run_in_process(cfg, config_file, resume, eval_only, datasets=()):
     """One Detectron2 worker: train (or evaluate) and return the task results."""
     setup_run_logging(cfg, config_file, resume, eval_only)
-    prepare_datasets(cfg)  # spawned workers start with empty catalogs
+    prepare_all_datasets(cfg, datasets)  # spawned workers start with empty catalogs
     if eval_only:
         model = Trainer.build_model(cfg)
         load_weights(cfg, model, require_all=True)
@@ -196,23 +208,26 @@ def run(
     dist_url="auto",
     resume=False,
     eval_only=False,
+    datasets=(),
 ):
     """Train and evaluate one transfer run; returns ``{task: {"AP": .., "AP50": .., ..}}``.
 
-    Raises ``TransferError`` (one line) for bad input: config, weights, datasets, devices.
+    ``datasets``: ``NAME=ANNOTATIONS.json:IMAGE_DIR`` COCO datasets to register first
+    (``transfer.user_datasets``). Raises ``TransferError`` (one line) for bad input: config,
+    weights, datasets, devices.
     """
     cfg = build_config(config_file, opts, num_gpus=num_gpus, num_machines=num_machines)
     if eval_only and not cfg.MODEL.WEIGHTS:
         raise TransferError("--eval-only needs MODEL.WEIGHTS: pass a trained model_final.pth")
-    prepare_datasets(cfg)
+    prepare_all_datasets(cfg, datasets)
     if num_gpus * num_machines == 1:
-        return run_in_process(cfg, config_file, resume, eval_only)
+        return run_in_process(cfg, config_file, resume, eval_only, datasets)
     launch(
         run_in_process,
         num_gpus,
         num_machines=num_machines,
         machine_rank=machine_rank,
         dist_url=dist_url,
-        args=(cfg, config_file, resume, eval_only),
+        args=(cfg, config_file, resume, eval_only, tuple(datasets)),
     )
     return read_results(cfg.OUTPUT_DIR)

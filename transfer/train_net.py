@@ -4,7 +4,9 @@
         --num-gpus 8 MODEL.WEIGHTS out.pkl OUTPUT_DIR runs/x
 
 Flags: --config-file, --num-gpus, --num-machines, --machine-rank, --dist-url, --resume,
---eval-only, then KEY VALUE overrides. Writes OUTPUT_DIR/results.json and metrics.json.
+--eval-only, --dataset NAME=ANNOTATIONS.json:IMAGE_DIR (repeatable: registers a COCO-format
+dataset of your own under NAME for DATASETS.TRAIN/TEST), then KEY VALUE overrides. Writes
+OUTPUT_DIR/results.json and metrics.json.
 """
 
 import sys
@@ -17,7 +19,15 @@ from detectron2.engine import default_argument_parser  # isort: skip  (after tra
 
 @one_line_errors
 def main(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=ANNOTATIONS.json:IMAGE_DIR",
+        help="register a COCO-format dataset under NAME (repeatable)",
+    )
+    args = parser.parse_args(argv)
     run(
         args.config_file,
         opts=args.opts,
@@ -27,6 +37,7 @@ def main(argv=None):
         dist_url=args.dist_url,
         resume=args.resume,
         eval_only=args.eval_only,
+        datasets=args.dataset,
     )
     return 0
 
