@@ -279,14 +279,16 @@ def study(mode, work_dir):
     command = [sys.executable, str(REPO / "tools" / "compare_negatives.py"), "--preset", "cpu"]
     command += ["--methods", "moco", "--seeds", "0", "1", "2"]
     command += ["--output", str(work_dir / "study"), "--report-dir", str(work_dir / "study_report")]
+    if os.environ.get("RINGNCE_FMNIST_ROOT"):  # the device machine's carried copy
+        command.append(f"data.root={os.environ['RINGNCE_FMNIST_ROOT']}")
     if mode == "gpu":  # ~60 s per run: 6 runs and their linear evaluations in about 7 minutes
         command += ["device=cuda", "data.num_workers=6", "optim.epochs=4"]
         command += ["--eval", "device=cuda", "--eval", "batch_size=1024", "--eval", "num_workers=6"]
     else:
         command += ["data.train_subset=256", "optim.epochs=1", "optim.batch_size=32"]
         command += ["moco.queue_size=64", "model.width=0.125", "knn.train_subset=64"]
-        command += ["knn.test_subset=64", "--eval", "epochs=1", "--eval", "train_subset=256"]
-        command += ["--eval", "test_subset=256"]
+        command += ["knn.test_subset=64", "--eval", "train_limit=512", "--eval", "test_limit=256"]
+        command += ["--eval", "lbfgs_max_iter=20", "--eval", "weight_decays=[1e-4]"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if done.returncode != 0:
         raise RuntimeError(f"study exited {done.returncode}: {done.stderr.strip()[-400:]}")
