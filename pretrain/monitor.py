@@ -35,7 +35,7 @@ class FalseNegativeMonitor:
             return
         for record in records:
             anchor = self.labels[record["anchor_ids"]].unsqueeze(1)
-            ids = record["ids"]
+            ids = record["ids"]()
             negative = torch.where(ids >= 0, self.labels[ids.clamp(min=0)], -1)
             known = (negative >= 0) & (anchor >= 0)
             same = (negative == anchor) & known

@@ -13,7 +13,22 @@ false-negative monitor).
   similarities plus ``rows * stop * 12`` for its top-``stop``, ``rows`` chosen to fit).
 """
 
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass
+class RingDraws:
+    """Draws from each anchor's ring: negative ``k`` of row ``b`` is pool column
+    ``members[b, positions[b, k]]``. Kept apart so that a dense pool gathers the ring's logits
+    once (B x R) and then the draws, instead of composing B x K columns first."""
+
+    members: torch.Tensor
+    positions: torch.Tensor
+
+    def columns(self):
+        return self.members.gather(1, self.positions)
 
 
 class DensePool:
@@ -65,7 +80,11 @@ class DensePool:
         return self.negative_index.gather(1, positions)
 
     def logits(self, columns):
-        return self.similarity if columns is None else self.similarity.gather(1, columns)
+        if columns is None:
+            return self.similarity
+        if isinstance(columns, RingDraws):
+            return self.similarity.gather(1, columns.members).gather(1, columns.positions)
+        return self.similarity.gather(1, columns)
 
     def candidate_embeddings(self, columns):
         return self.embeddings[columns]
@@ -73,6 +92,8 @@ class DensePool:
     def candidate_ids(self, columns):
         if columns is None:
             return self.ids.expand(self.num_anchors, -1)
+        if isinstance(columns, RingDraws):
+            return self.ids[columns.members].gather(1, columns.positions)
         return self.ids[columns]
 
 
@@ -124,13 +145,16 @@ class BankPool:
         return torch.cat(members)
 
     def logits(self, columns):
+        if isinstance(columns, RingDraws):
+            columns = columns.columns()
         return torch.einsum("bd,bkd->bk", self.anchor, self.memory[columns])
 
     def candidate_embeddings(self, columns):
         return self.memory[columns]
 
     def candidate_ids(self, columns):
-        return columns  # a bank row is the dataset index of its image
+        # a bank row is the dataset index of its image
+        return columns.columns() if isinstance(columns, RingDraws) else columns
 
 
 def rank_slice(similarity, start, stop):

@@ -27,6 +27,7 @@ from pretrain.losses import (
     info_nce,
     mochi_negatives,
 )
+from pretrain.pools import RingDraws
 from pretrain.schedules import RING_SCHEDULES, ring_upper_at
 
 SAMPLERS = ("uniform", "ring", "dcl", "hcl", "mochi")
@@ -170,7 +171,7 @@ class NegativeSampler:
             )
 
     def choose(self, pool):
-        """Columns of ``pool`` that are each anchor's negatives (None: all of its columns)."""
+        """Each anchor's negatives in ``pool``: None (all columns), columns, or ``RingDraws``."""
         whole_pool = self.lower <= 0.0 and self.upper >= 1.0 and self.num_negatives is None
         if not self.uses_ring or whole_pool:
             return pool.usual_columns(self.generator)
@@ -195,7 +196,7 @@ class NegativeSampler:
             self.generator,
             members.device,
         )
-        return members.gather(1, positions)
+        return RingDraws(members, positions)
 
     def contrast(self, anchor, positive_similarity, pool, temperature):
         """``(loss, record)`` of one loss term; ``record`` names the negatives (for the monitor).
@@ -219,8 +220,12 @@ class NegativeSampler:
             loss = info_nce(positive, negatives)
         else:
             loss = info_nce(positive, negatives)
-        ids = pool.candidate_ids(columns)
-        return loss, {"count": negatives.shape[1], "ids": ids, "weights": weights}
+        # ids only when the monitor asks: composing B x K draws costs as much as the gather
+        return loss, {
+            "count": negatives.shape[1],
+            "ids": lambda: pool.candidate_ids(columns),
+            "weights": weights,
+        }
 
     def mixed_logits(self, anchor, pool, columns, negatives):
         """Similarities of the anchors to MoCHi's synthetic negatives (B, s + s')."""

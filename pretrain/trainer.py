@@ -384,7 +384,9 @@ def train(cfg):
                 ]
                 with autocast():
                     loss, stats = model(views, indices.to(info.device), sampler)
-                false_negatives.update(stats.pop("monitor"))
+                negatives_seen = stats.pop("monitor")
+                if step % cfg.train.log_every_steps == 0:  # a sample of steps: it costs a gather
+                    false_negatives.update(negatives_seen)
                 if not torch.isfinite(loss):
                     raise PretrainError(
                         f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "

@@ -16,7 +16,7 @@ def test_shares_count_same_class_negatives_and_weights():
     monitor = FalseNegativeMonitor(labels)
     record = {
         "anchor_ids": torch.tensor([0, 2]),
-        "ids": torch.tensor([[1, 2, 4, -1], [3, 3, 0, 1]]),  # 4: unlabelled, -1: empty queue slot
+        "ids": lambda: torch.tensor([[1, 2, 4, -1], [3, 3, 0, 1]]),  # 4: unlabelled, -1: empty
         "weights": torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]),
     }
     monitor.update([record])
@@ -42,6 +42,7 @@ def test_training_never_sees_the_labels(method, tiny_config, tmp_path, monkeypat
     """Permuting the training labels changes the monitor, never a weight or the loss."""
     tiny_config.update(method=method, sampler={"name": "hcl", "within_ring": True, "upper": 0.5})
     tiny_config["optim"]["epochs"] = 1
+    tiny_config["train"]["log_every_steps"] = 1  # the monitor reads every step
     plain = copy.deepcopy(tiny_config)
     plain["output_dir"] = str(tmp_path / "plain")
     first = trainer.train(plain)

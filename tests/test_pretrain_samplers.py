@@ -65,7 +65,7 @@ def test_ring_draws_come_from_inside_the_ring_with_replacement():
     similarity = torch.randn(5, 200)
     ring = rank_slice(similarity, *ring_rank_range(200, 0.05, 0.5))
     pool = DensePool(similarity, torch.randn(200, 4), torch.arange(200))
-    drawn = NegativeSampler("ring", upper=0.5, lower_ratio=0.1).choose(pool)
+    drawn = NegativeSampler("ring", upper=0.5, lower_ratio=0.1).choose(pool).columns()
     assert drawn.shape == (5, 200)  # as many as the uniform arm
     for row_drawn, row_ring in zip(drawn.tolist(), ring.tolist()):
         assert set(row_drawn) <= set(row_ring) and len(set(row_drawn)) < 200
