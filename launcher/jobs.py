@@ -69,8 +69,9 @@ class TransferJob(submitit.helpers.Checkpointable):
     """One Detectron2 training + evaluation: one submitit task per node, Detectron2's
     ``launch`` starts ``num_gpus`` processes on each."""
 
-    def __init__(self, num_gpus=1):
+    def __init__(self, num_gpus=1, datasets=()):
         self.num_gpus = num_gpus
+        self.datasets = list(datasets)  # own COCO datasets, NAME=ANNOTATIONS.json:IMAGE_DIR
 
     def __call__(self, config_file, opts=()):
         from transfer.engine import run
@@ -92,4 +93,5 @@ class TransferJob(submitit.helpers.Checkpointable):
             machine_rank=env.node,
             dist_url=dist_url,
             resume=True,
+            datasets=self.datasets,
         )

@@ -8,6 +8,7 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
       coco_mask: {config: configs/transfer/mask_rcnn.yaml, opts: [SOLVER.MAX_ITER, 90000]}
     seeds: [0, 1, 2]
     opts: []                # Detectron2 opts for every run
+    datasets: [parts=data/parts.json:data/images]   # optional: own COCO datasets (NAME=JSON:DIR)
     output_dir: runs/sweeps/ring   # optional (default runs/sweeps/<file name>)
     resources: {gpus_per_node: 8}  # optional launcher.executors.Resources defaults
 
@@ -36,7 +37,7 @@ from launcher.executors import (
 )
 from launcher.jobs import TransferJob
 
-SWEEP_KEYS = ("checkpoints", "tasks", "seeds", "opts", "output_dir", "resources")
+SWEEP_KEYS = ("checkpoints", "tasks", "seeds", "opts", "output_dir", "resources", "datasets")
 TASK_KEYS = ("config", "opts")
 CHECKPOINT_KEYS = ("path", "encoder")
 RESULTS_FILE = "results.json"
@@ -85,6 +86,19 @@ def _opts_list(value, where):
     if not isinstance(value, list) or len(value) % 2:
         raise LauncherError(f"{where} must be a list of KEY, VALUE pairs (even length)")
     return value
+
+
+def _dataset_specs(value):
+    """``NAME=ANNOTATIONS.json:IMAGE_DIR`` strings with absolute paths (jobs run elsewhere);
+    transfer.user_datasets checks the files in each run before any model is built."""
+    specs = []
+    for spec in value or []:
+        name, _, paths = str(spec).partition("=")
+        annotations, _, images = paths.rpartition(":")
+        if not (name and annotations and images):
+            raise LauncherError(f"datasets entry {spec!r} is not NAME=ANNOTATIONS.json:IMAGE_DIR")
+        specs.append(f"{name}={Path(annotations).resolve()}:{Path(images).resolve()}")
+    return specs
 
 
 def _checkpoint_entry(name, entry):
@@ -159,6 +173,7 @@ def load_sweep(path):
         "opts": _opts_list(raw.get("opts"), "opts"),
         "output_dir": str(Path(raw.get("output_dir") or f"runs/sweeps/{path.stem}").resolve()),
         "resources": resources,
+        "datasets": _dataset_specs(raw.get("datasets")),
     }
 
 
@@ -302,7 +317,7 @@ def submit_sweep(spec, cluster, resources, sweep_dir=None, log_root=None):
                 "kill_on_invalid_dep": "yes",
             }
         )
-    job_function = TransferJob(num_gpus=max(1, resources.gpus_per_node))
+    job_function = TransferJob(num_gpus=max(1, resources.gpus_per_node), datasets=spec["datasets"])
     # local jobs all start at once: waves of array_parallelism keep the machine usable
     wave = max(1, resources.array_parallelism) if cluster == "local" else len(todo)
     submitted = []

@@ -117,3 +117,28 @@ def test_keypoint_metadata_comes_from_the_categories():
     metadata = keypoint_metadata("parts", own_points)
     assert metadata["keypoint_flip_map"] == [("left_a", "right_a")]
     assert metadata["keypoint_oks_sigmas"] == [0.1, 0.2, 0.2]
+
+
+def test_sweep_files_name_own_datasets_for_every_run(tmp_path, monkeypatch):
+    import yaml
+
+    from launcher.errors import LauncherError
+    from launcher.sweep import load_sweep
+
+    (tmp_path / "ring.pth").write_bytes(b"not read by the planner")
+    (tmp_path / "mask.yaml").write_text("_BASE_: whatever.yaml\n")
+    sweep = {
+        "checkpoints": {"ring": str(tmp_path / "ring.pth")},
+        "tasks": {"mask": {"config": str(tmp_path / "mask.yaml")}},
+        "datasets": ["parts=data/parts.json:data/images"],
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    monkeypatch.chdir(tmp_path)
+    # relative paths are resolved where the sweep is submitted: jobs run elsewhere
+    expected = f"parts={tmp_path / 'data/parts.json'}:{tmp_path / 'data/images'}"
+    assert load_sweep(tmp_path / "sweep.yaml")["datasets"] == [expected]
+
+    sweep["datasets"] = ["parts.json"]
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    with pytest.raises(LauncherError, match="is not NAME=ANNOTATIONS.json:IMAGE_DIR"):
+        load_sweep(tmp_path / "sweep.yaml")
