@@ -144,6 +144,17 @@ def broadcast_(tensor):
     return tensor
 
 
+def broadcast_buffers_(module):
+    """Give every rank rank 0's buffers (IR/CMC memory banks, MoCo's queue). DDP runs with
+    ``broadcast_buffers=False`` (BatchNorm statistics stay per rank) and so never syncs them:
+    without this, each rank's randomly initialised bank differs and, updated with momentum,
+    stays different for the whole run."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+    return module
+
+
 def all_reduce_mean(value):
     if not is_distributed():
         return value

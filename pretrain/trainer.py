@@ -36,6 +36,7 @@ from pretrain.defaults import DEFAULTS
 from pretrain.distributed import (
     all_reduce_mean,
     barrier,
+    broadcast_buffers_,
     init_distributed,
     replicated_state_digest,
 )
@@ -357,6 +358,7 @@ def train(cfg):
         model = DistributedDataParallel(
             method, device_ids=[info.local_rank] if on_gpu else None, broadcast_buffers=False
         )
+        broadcast_buffers_(method)  # one bank/queue for all ranks from the start
     image_size = cfg.data.image_size or source.image_size
     meta = checkpoint_meta(cfg, method, source, image_size)
     last_epoch = cfg.optim.epochs

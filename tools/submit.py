@@ -164,7 +164,9 @@ def report_jobs(jobs, wait):
     for job in jobs:
         error = job.exception()
         if error is None:
-            print(json.dumps(job.result(), default=str))
+            # one JSON line per task (rank order): a multi-node job reports every rank
+            for result in job.results():
+                print(json.dumps(result, default=str))
         else:
             lines = str(error).strip().splitlines() or ["failed"]
             print(f"job {job.job_id} failed: {lines[-1]} (log {job.paths.stdout})")
