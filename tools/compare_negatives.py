@@ -31,7 +31,8 @@ def parse_args(argv):
         "--samplers",
         nargs="+",
         help="arms: uniform (the reference) and any of ring dcl hcl mochi, or a variant with "
-        "its own config such as ring-anneal (default: uniform ring)",
+        "its own config such as ring-anneal; method:arm for one method only, e.g. moco:mochi "
+        "(default: uniform ring)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
     parser.add_argument("--config-dir", default=str(REPO / "configs" / "pretrain"))
