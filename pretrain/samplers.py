@@ -154,8 +154,13 @@ class NegativeSampler:
     def uses_ring(self):
         return self.name == "ring" or self.within_ring
 
-    def check_pool(self, size, what):
-        """One-line error, before training, when a pool of ``size`` cannot serve this strategy."""
+    def check_pool(self, size, what, usual_count=None):
+        """One-line error, before training, when a method's pool cannot serve this strategy.
+
+        ``size``: candidates an anchor is ranked against; ``usual_count``: its uniform negatives
+        (IR/CMC: K draws; default ``size``).
+        """
+        usual_count = size if usual_count is None else usual_count
         if self.uses_ring:
             start, stop = ring_rank_range(size, self.lower, self.target_upper)
             if stop <= start:
@@ -164,10 +169,10 @@ class NegativeSampler:
                     f"of {size} {what} keeps no candidate; raise sampler.upper to at least "
                     f"{min(1.0, 1.0 / size / (1 - self.lower_ratio)):.3g}"
                 )
-        if self.name == "mochi" and self.mochi[0] > size:
+        if self.name == "mochi" and self.mochi[0] > usual_count:
             raise PretrainError(
-                f"sampler.mochi_hardest={self.mochi[0]} exceeds the {size} {what} per anchor; "
-                f"use at most {size}"
+                f"sampler.mochi_hardest={self.mochi[0]} exceeds the {usual_count} negatives per "
+                f"anchor ({what}); use at most {usual_count}"
             )
 
     def choose(self, pool):

@@ -301,6 +301,7 @@ def train(cfg):
     batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
     check_negatives(cfg)
     method = build_method(cfg, len(train_set), source.channels, source.name)
+    sampler.check_pool(*method.negative_pool())  # before anything is written
     on_gpu = info.device.type == "cuda"
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)

@@ -1,6 +1,7 @@
 """Ring selection (ranks, ties, draws, chunked bank ranking), schedules, and bad sampler input."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from pretrain.errors import PretrainError
 from pretrain.pools import BankPool, DensePool, rank_slice
 from pretrain.samplers import NegativeSampler, draw_positions, ring_rank_range
 from pretrain.schedules import lr_factor, ring_upper_at
-from pretrain.trainer import load_pretrain_config
+from pretrain.trainer import load_pretrain_config, train
 
 
 def ranks_of(similarity):
@@ -152,9 +153,26 @@ def test_bad_sampler_settings_name_the_key(kwargs, message):
 def test_pools_too_small_for_the_strategy_name_the_fix():
     with pytest.raises(PretrainError, match="keeps no candidate; raise sampler.upper"):
         NegativeSampler("ring", upper=0.01).check_pool(30, "queue entries")
-    with pytest.raises(PretrainError, match="mochi_hardest=1024 exceeds the 254"):
+    with pytest.raises(PretrainError, match="mochi_hardest=1024 exceeds the 254 negatives"):
         NegativeSampler("mochi").check_pool(254, "in-batch negatives")
+    with pytest.raises(PretrainError, match="mochi_hardest=1024 exceeds the 512 negatives"):
+        NegativeSampler("mochi").check_pool(59999, "other bank entries", usual_count=512)
     pool = DensePool(torch.randn(2, 50), torch.randn(50, 4), torch.arange(50))
     sampler = NegativeSampler("ring", upper=0.2, num_negatives=40, replacement=False)
     with pytest.raises(PretrainError, match="without replacement from a ring of 9"):
         sampler.choose(pool)
+
+
+@pytest.mark.parametrize(
+    "method, sampler, message",
+    [
+        ("simclr", {"name": "mochi"}, "mochi_hardest=1024 exceeds the 30 negatives"),
+        ("moco", {"name": "ring", "upper": 0.01}, "of 64 queue entries keeps no candidate"),
+        ("ir", {"name": "ring", "upper": 0.01}, "of 63 other bank entries keeps no candidate"),
+    ],
+)
+def test_the_trainer_refuses_a_pool_too_small_before_writing(method, sampler, message, tiny_config):
+    tiny_config.update(method=method, sampler=sampler)
+    with pytest.raises(PretrainError, match=message):
+        train(tiny_config)
+    assert not Path(tiny_config["output_dir"]).exists()  # nothing written, nothing lost

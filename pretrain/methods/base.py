@@ -85,6 +85,11 @@ class ContrastiveMethod(nn.Module):
     def encoders(self):
         raise NotImplementedError
 
+    def negative_pool(self):
+        """``(size, what, usual_count)``: candidates ranked per anchor, their name, and the
+        uniform arm's negatives per anchor, for ``NegativeSampler.check_pool`` before training."""
+        raise NotImplementedError
+
     def encoder_in_channels(self):
         return {name: backbone.conv1.in_channels for name, backbone in self.encoders().items()}
 

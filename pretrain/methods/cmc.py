@@ -43,6 +43,9 @@ class CMC(ContrastiveMethod):
     def encoders(self):
         return {"l": self.l, "ab": self.ab}
 
+    def negative_pool(self):
+        return self.bank_l.memory.shape[0] - 1, "other bank entries", self.num_candidates
+
     def features(self, images):
         """Both views' features, concatenated (CMC's evaluation protocol)."""
         return torch.cat([self.l(images[:, :1]), self.ab(images[:, 1:])], dim=1)

@@ -32,6 +32,9 @@ class InstanceRecognition(ContrastiveMethod):
     def encoders(self):
         return {"encoder": self.encoder}
 
+    def negative_pool(self):
+        return self.bank.memory.shape[0] - 1, "other bank entries", self.num_candidates
+
     def forward(self, views, indices, sampler):
         anchor = embed(self.encoder, self.head, views[0])
         memory = self.bank.memory

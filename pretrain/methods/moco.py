@@ -49,6 +49,9 @@ class MoCo(ContrastiveMethod):
     def encoders(self):
         return {"query": self.query, "key": self.key}
 
+    def negative_pool(self):
+        return self.queue.shape[0], "queue entries", self.queue.shape[0]
+
     @torch.no_grad()
     def momentum_update(self):
         query_params = [*self.query.parameters(), *self.head_q.parameters()]

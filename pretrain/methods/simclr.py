@@ -29,6 +29,7 @@ class SimCLR(ContrastiveMethod):
     def __init__(self, cfg, num_samples):
         super().__init__()
         self.temperature = cfg.simclr.temperature
+        self.in_batch_negatives = 2 * cfg.optim.batch_size - 2  # of the global batch
         self.encoder = backbone_from_config(cfg.model)
         self.head = projection_head(
             self.encoder.feature_dim, cfg.model.embedding_dim, cfg.model.head, cfg.model.hidden_dim
@@ -36,6 +37,10 @@ class SimCLR(ContrastiveMethod):
 
     def encoders(self):
         return {"encoder": self.encoder}
+
+    def negative_pool(self):
+        size = self.in_batch_negatives
+        return size, "in-batch negatives of optim.batch_size", size
 
     def forward(self, views, indices, sampler):
         batch = views[0].shape[0]
