@@ -95,3 +95,16 @@ def test_empty_jpeg_folder_is_refused(tmp_path, capsys):
 def test_gpu_preset_without_gpu_is_refused(capsys):
     assert load_script("train_throughput").main(["--preset", "gpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_strategy_cost_smoke_times_every_strategy(tmp_path):
+    script = load_script("strategy_cost")
+    out = tmp_path / "strategies.json"
+    assert (
+        script.main(["--preset", "smoke", "--devices", "cpu", "--threads", "1", "--json", str(out)])
+        == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["strategy"] for row in rows] == list(script.STRATEGIES)
+    assert all(row["forward_backward_s"] > 0 for row in rows)
+    assert rows[0]["over_uniform"] == 1.0

@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Loss forward+backward of every negative strategy relative to uniform, at the MoCo shape.
+
+    python benchmarks/strategy_cost.py [--preset full|smoke] [--devices auto|cpu|cuda]
+        [--repeats N] [--threads N] [--json OUT.json]
+
+B = 256 queries, a queue of K = 65,536 keys, d = 128 (``smoke``: tiny). Each strategy runs
+through ``NegativeSampler.contrast`` from the embeddings to the loss and its gradient, exactly as
+a training step calls it; repetitions are interleaved and the ratios to uniform come from one run.
+MoCHi runs at the paper's (N, s, s') = (1024, 1024, 256); DCL/HCL at tau_plus 0.1, beta 1.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from pretrain.errors import PretrainError, one_line_errors
+from pretrain.samplers import NegativeSampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, ring_selection
+from ring_selection import SHAPES, make_inputs, quartiles, sampler_loss  # noqa: E402
+from timing import finish_run, interleaved_times, machine_facts, median, resolve_devices  # noqa: E402
+
+STRATEGIES = {
+    "uniform": {},
+    "ring": {"upper": 0.1},
+    "ring_once": {"upper": 0.1, "num_negatives": "ring"},
+    "dcl": {"tau_plus": 0.1},
+    "hcl": {"tau_plus": 0.1, "beta": 1.0},
+    "hcl_in_ring": {"tau_plus": 0.1, "beta": 1.0, "within_ring": True, "upper": 0.1},
+    "mochi": {"mochi_hardest": 1024, "mochi_pairs": 1024, "mochi_query": 256},
+}
+SMOKE_MOCHI = {"mochi_hardest": 64, "mochi_pairs": 64, "mochi_query": 16}
+REPEATS = {"full": 5, "smoke": 2}
+
+
+def strategy_samplers(preset):
+    samplers = {}
+    for label, options in STRATEGIES.items():
+        name = label.split("_")[0]
+        if preset == "smoke" and name == "mochi":
+            options = SMOKE_MOCHI
+        samplers[label] = NegativeSampler(name, **options)
+    return samplers
+
+
+def measure(shape, device, preset, repeats):
+    inputs = make_inputs(shape, device)
+
+    def step(loss_fn):
+        def run():
+            inputs[0].grad = None
+            loss_fn(*inputs).backward()
+
+        return run
+
+    runs = {label: step(sampler_loss(shape, s)) for label, s in strategy_samplers(preset).items()}
+    times = interleaved_times(runs, device, repeats)
+    base = median(times["uniform"])
+    rows = []
+    for label, values in times.items():
+        ratios = [v / u for v, u in zip(values, times["uniform"])]
+        rows.append(
+            {
+                "device": device.type,
+                "strategy": label,
+                "forward_backward_s": median(values),
+                "over_uniform": median(values) / base,
+                "over_uniform_quartiles": quartiles(ratios),
+                "seconds_per_repeat": values,
+            }
+        )
+    return rows
+
+
+def print_table(rows, shape):
+    print(f"MoCo shape B={shape.batch} K={shape.negatives} d={shape.dim}, forward+backward")
+    print(f"{'device':6} {'strategy':12} {'median s':>9} {'x uniform':>20}")
+    for row in rows:
+        low, high = row["over_uniform_quartiles"]
+        print(
+            f"{row['device']:6} {row['strategy']:12} {row['forward_backward_s']:9.4f} "
+            f"{row['over_uniform']:8.2f} [{low:.2f}-{high:.2f}]"
+        )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=SHAPES, default="full")
+    parser.add_argument("--devices", default="auto", help="auto (CPU, then GPU if present)")
+    parser.add_argument("--repeats", type=int, help="timed repetitions (default: the preset's)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", help="also write the figures and machine facts here")
+    return parser.parse_args(argv)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse_args(argv)
+    repeats = args.repeats or REPEATS[args.preset]
+    if repeats < 1:
+        raise PretrainError(f"--repeats must be >= 1, got {repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = SHAPES[args.preset]["moco"]
+    facts_before = machine_facts()
+    print(f"machine: {facts_before}", flush=True)
+    rows = []
+    for device in resolve_devices(args.devices):
+        rows += measure(shape, device, args.preset, repeats)
+    print_table(rows, shape)
+    finish_run("strategy_cost", args, {"strategies": STRATEGIES}, facts_before, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
