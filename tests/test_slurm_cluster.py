@@ -10,7 +10,6 @@ plus the same sweep with ``--cluster local``.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +17,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from slurm_local import (
+    RUN_DIR,
+    START,
+    cluster_started,
+    run_script,
+    settled_states,
+    tiny_pretraining,
+    wait_until,
+)
 
 from launcher.collect import write_reports
 from launcher.errors import LauncherError
@@ -29,75 +37,20 @@ from launcher.sweep import load_sweep, submit_sweep
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-START = REPO / "tools" / "slurm" / "start_local_slurm.sh"
-STOP = REPO / "tools" / "slurm" / "stop_local_slurm.sh"
 TINY_TRANSFER = REPO / "configs" / "transfer" / "tiny_mask_rcnn_R50_FPN.yaml"
 # one CPU per job: the two-core node runs two jobs at once
 SMALL = dict(gpus_per_node=0, cpus_per_task=1, mem_gb=3, timeout_min=15, array_parallelism=2)
 
 
-def run_script(script, **env):
-    return subprocess.run(
-        ["bash", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    if shutil.which("dpkg-query") is None:
-        pytest.skip("not a Debian system: the local Slurm cluster needs Debian packages")
-    started = run_script(START)
-    if started.returncode == 3:
-        pytest.skip(f"local Slurm cluster unavailable: {started.stdout.strip().splitlines()[-1]}")
-    assert started.returncode == 0, started.stdout + started.stderr
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # jobs inherit the submitting environment
-    yield tmp_path_factory.mktemp("slurm")
-    if saved is None:
-        os.environ.pop("OMP_NUM_THREADS")
-    else:
-        os.environ["OMP_NUM_THREADS"] = saved
-    stopped = run_script(STOP)
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def sacct_states(job_id, duplicates=False):
-    """Every accounting record's state for a job (with -D: each requeued run too)."""
-    command = ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "JobID,State"]
-    listing = subprocess.run(
-        command + (["-D"] if duplicates else []), capture_output=True, text=True, check=True
-    ).stdout
-    return [line.split("|")[1].split()[0] for line in listing.splitlines() if line.strip()]
+    with cluster_started():
+        yield tmp_path_factory.mktemp("slurm")
 
 
 def squeue_lists(job_id):
     listing = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
     return job_id in listing.split()
-
-
-def settled_states(job_id, duplicates=False, timeout=60):
-    """sacct's states once the job has left the queue (the result pickle is written while the
-    job step is still RUNNING in accounting)."""
-    unsettled = {"PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING"}
-    wait_until(
-        lambda: sacct_states(job_id)[-1:] and sacct_states(job_id)[-1] not in unsettled,
-        timeout,
-        f"job {job_id} to leave the queue",
-    )
-    return sacct_states(job_id, duplicates)
 
 
 def probe_executor(folder, **changes):
@@ -109,8 +62,7 @@ def test_start_is_idempotent_and_restarts_a_dead_daemon(cluster):
     again = run_script(START)
     assert again.returncode == 0, again.stdout
     assert "cluster ready" in again.stdout and "started" not in again.stdout
-    run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "ring-nce-slurm" / "run"
-    pid = int((run_dir / "slurmd.pid").read_text())
+    pid = int((RUN_DIR / "slurmd.pid").read_text())
     os.kill(pid, 9)  # our own slurmd, found by the PID file the start script recorded
     wait_until(lambda: not Path(f"/proc/{pid}/cmdline").exists(), 10, "slurmd to die")
     repaired = run_script(START)
@@ -215,30 +167,6 @@ def test_multi_task_job_gets_one_rendezvous_and_distinct_ranks(cluster):
     assert sorted(task["RANK"] for task in tasks) == ["0", "1"]
     assert {task["WORLD_SIZE"] for task in tasks} == {"2"}
     assert {task["MASTER_PORT"] for task in tasks} == {str(rendezvous_port(job.job_id))}
-
-
-def tiny_pretraining(output_dir):
-    from pretrain.trainer import train
-
-    train(
-        {
-            "method": "moco",
-            "output_dir": str(output_dir),
-            "resume": "none",
-            "device": "cpu",
-            "model": {"arch": "resnet18", "width": 0.125, "embedding_dim": 16},
-            "moco": {"queue_size": 64},
-            "data": {
-                "name": "synthetic",
-                "num_workers": 0,
-                "synthetic": {"image_size": 32, "train_count": 32, "test_count": 16},
-            },
-            "optim": {"batch_size": 16, "epochs": 1},
-            "train": {"progress": False, "tensorboard": False},
-            "knn": {"every_epochs": 0},
-        }
-    )
-    return Path(output_dir) / "checkpoints" / "last.pth"
 
 
 def preempt(job_id):

@@ -182,7 +182,7 @@ EOF
   cp "$ROOT/slurm.conf" /etc/slurm/slurm.conf
   local pidfile daemon pid i
   # every slurmd either layout started (slurmd.pid, slurmd-<node>.pid), then the controller
-  for pidfile in "$RUN"/slurmd*.pid "$RUN/slurmctld.pid"; do
+  for pidfile in "$RUN/slurmd.pid" "$RUN"/slurmd-*.pid "$RUN/slurmctld.pid"; do
     daemon=$(basename "$pidfile" .pid)
     daemon=${daemon%%-*}
     if is_ours "$pidfile" "$daemon"; then
@@ -203,18 +203,19 @@ setup_network() {
     ip link add "$BRIDGE" type bridge
     say "bridge $BRIDGE created"
   fi
-  ip addr show dev "$BRIDGE" | grep -q "inet $SUBNET.1/24" || ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+  # (captured, not piped into grep -q: under pipefail an early grep exit fails the pipeline)
+  [[ "$(ip addr show dev "$BRIDGE")" == *"inet $SUBNET.1/24"* ]] || ip addr add "$SUBNET.1/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
   for name in $(node_names); do
     i=${name#rnce-n}
     address=$(node_address "$name")
-    ip netns list | grep -qw "^$name" || ip netns add "$name"
+    [ -e "/run/netns/$name" ] || ip netns add "$name"
     if ! ip link show "rnce-v$i" >/dev/null 2>&1; then
       ip link add "rnce-v$i" type veth peer name eth0 netns "$name"
     fi
     ip link set "rnce-v$i" master "$BRIDGE" up
     ip -n "$name" link set lo up
-    ip -n "$name" addr show dev eth0 | grep -q "inet $address/24" \
+    [[ "$(ip -n "$name" addr show dev eth0)" == *"inet $address/24"* ]] \
       || ip -n "$name" addr add "$address/24" dev eth0
     ip -n "$name" link set eth0 up
     mkdir -p "/etc/netns/$name"
@@ -266,6 +267,11 @@ StorageLoc=slurm_acct_db
 EOF
   )
   if ! is_ours "$RUN/slurmdbd.pid" slurmdbd; then
+    # a slurmdbd we did not start (or whose PID file is gone) would keep the port: ours would
+    # fail to bind and, exiting, delete the PID file, leaving two unknown daemons behind
+    if timeout 5 sacctmgr -n list cluster >/dev/null 2>&1; then
+      die "a slurmdbd not named by $RUN/slurmdbd.pid answers on port 6819; stop it first"
+    fi
     slurmdbd
     await_pidfile "$RUN/slurmdbd.pid" slurmdbd "$LOG/slurmdbd.log"
     await sacctmgr -n list cluster || die "slurmdbd does not answer; read $LOG/slurmdbd.log"

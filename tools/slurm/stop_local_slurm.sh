@@ -50,7 +50,7 @@ for i in $(seq 1 100); do
 done
 
 # one slurmd (slurmd.pid) or one per namespaced node (slurmd-rnce-nI.pid)
-for pidfile in "$RUN"/slurmd*.pid; do
+for pidfile in "$RUN/slurmd.pid" "$RUN"/slurmd-*.pid; do
   [ -e "$pidfile" ] && stop_from_pidfile "$pidfile" slurmd
 done
 stop_from_pidfile "$RUN/slurmctld.pid" slurmctld
