@@ -3,7 +3,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from pretrain.stats import (
+from launcher.stats import (
     MeanCI,
     StatsError,
     mean_confidence_interval,

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pretrain.stats import MeanCI
-from pretrain.study import (
+from launcher.stats import MeanCI
+from launcher.study import (
     RunRecord,
     StudyError,
     check_same_budget,

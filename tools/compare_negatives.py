@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.study import run_study_from_args
 from pretrain.errors import one_line_errors
-from pretrain.study import run_study_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 

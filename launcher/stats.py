@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
 
-from pretrain.errors import PretrainError
+from pretrain.errors import RingNCEError
 
 
-class StatsError(PretrainError):
+class StatsError(RingNCEError):
     """Results that cannot be summarised (no values, unpaired seeds)."""
 
 

@@ -1,0 +1,660 @@
+"""The Ring-vs-uniform study: plan the runs, run them, summarise with confidence intervals.
+
+Each method has a pair of configs, `uniform_<method>_<dataset>.yaml` and
+`ring_<method>_<dataset>.yaml`. Before anything trains, every pair is resolved with the study's
+common overrides and the seed, and refused unless the two differ only in `sampler.*`: steps,
+batch, augmentations, schedule and data order (seeded) are then identical by construction.
+Results are compared per seed (paired), which is why one failed run removes its seed from that
+method's difference instead of being averaged over silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import submitit
+
+from launcher.errors import LauncherError
+from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
+from pretrain.errors import PretrainError
+
+# Arms: a negative strategy (sampler.name), optionally a variant after a dash (ring-anneal);
+# uniform is the reference every other arm is paired against.
+DEFAULT_ARMS = ("uniform", "ring")
+
+
+def arm_strategy(arm: str) -> str:
+    return arm.split("-", 1)[0]
+
+
+# (key in eval.json, label in tables); the first is the headline metric.
+METRICS = (
+    ("linear_top1", "linear top-1"),
+    ("knn20_top1", "kNN k=20 top-1"),
+    ("knn200_top1", "kNN k=200 top-1"),
+    ("linear_top5", "linear top-5"),
+)
+
+
+class StudyError(LauncherError):
+    """The study cannot be planned or summarised (no runs, unknown method, no results)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    sampler: str
+    seed: int
+    config: str
+    overrides: tuple[str, ...]
+    output_dir: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.method}_{self.sampler}_s{self.seed}"
+
+
+@dataclass
+class RunRecord:
+    """One run's outcome: its metrics, or the one-line reason it has none."""
+
+    method: str
+    sampler: str
+    seed: int
+    output_dir: str
+    metrics: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- planning and running
+
+
+def shown_path(path) -> str:
+    """A path under the current directory as a relative one: committed reports name no machine."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def config_pairs(
+    config_dir: str | Path, dataset: str, methods: Sequence[str], arms=DEFAULT_ARMS
+) -> dict:
+    """{method: {arm: path}} from the `<arm>_<method>_<dataset>.yaml` naming.
+
+    An arm written `method:arm` applies to that method only (`moco:mochi`).
+    """
+    pairs = {}
+    for method in methods:
+        pairs[method] = {}
+        mine = [a.split(":", 1)[-1] for a in arms if ":" not in a or a.startswith(f"{method}:")]
+        for sampler in mine:
+            path = Path(config_dir) / f"{sampler}_{method}_{dataset}.yaml"
+            if not path.is_file():
+                raise StudyError(
+                    f"no config for {method} with {sampler} negatives on {dataset}: expected "
+                    f"{path}; check --methods/--dataset or --config-dir"
+                )
+            pairs[method][sampler] = str(path)
+    return pairs
+
+
+def differing_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += differing_keys(va, vb, f"{path}.")
+        elif va != vb:
+            keys.append(path)
+    return keys
+
+
+# Keys allowed to differ between the uniform and ring run of one method and seed.
+ALLOWED_DIFFERENCES = ("sampler.", "output_dir")
+
+
+def check_same_budget(method: str, uniform_cfg: dict, ring_cfg: dict) -> None:
+    """Refuse a comparison where anything but the sampler differs (steps, batch, augmentation)."""
+    unfair = [
+        k for k in differing_keys(uniform_cfg, ring_cfg) if not k.startswith(ALLOWED_DIFFERENCES)
+    ]
+    if unfair:
+        raise StudyError(
+            f"{method}: the uniform and ring configs differ in {', '.join(unfair)}; an unfair "
+            "comparison: make them equal in the configs or with a common override"
+        )
+
+
+def plan_runs(
+    configs: dict[str, dict[str, str]],
+    seeds: Sequence[int],
+    output_root: str | Path,
+    common_overrides: Sequence[str] = (),
+) -> list[RunSpec]:
+    """Every method x sampler x seed; within a (method, seed) only the sampler differs.
+
+    Seed-major order: a study stopped early still has every method at the same seeds.
+    """
+    if not configs:
+        raise StudyError("no methods to compare: pass at least one method")
+    if not seeds:
+        raise StudyError("no seeds: pass at least one seed (3 give a usable interval)")
+    specs = []
+    for seed in seeds:
+        for method, by_sampler in configs.items():
+            for sampler in by_sampler:
+                out = str(Path(output_root) / f"{method}_{sampler}_s{seed}")
+                overrides = (*common_overrides, f"seed={seed}", f"output_dir={out}", "resume=auto")
+                specs.append(RunSpec(method, sampler, seed, by_sampler[sampler], overrides, out))
+    return specs
+
+
+def freeze_config(spec: RunSpec, resolved) -> RunSpec:
+    """The spec pointing at its resolved config, saved in its run folder."""
+    from pretrain.config import save_config
+
+    path = Path(spec.output_dir) / "study_config.yaml"
+    save_config(resolved, path)
+    return replace(spec, config=str(path), overrides=())
+
+
+def check_plan(specs: Sequence[RunSpec], load: Callable[[str, Sequence[str]], dict]) -> None:
+    """Resolve every config before any training: typos and unfair pairs fail in seconds."""
+    resolved = {(s.method, s.seed, s.sampler): load(s.config, s.overrides) for s in specs}
+    for (method, seed, sampler), cfg in resolved.items():
+        if sampler != "uniform":
+            check_same_budget(method, resolved[(method, seed, "uniform")], cfg)
+        if cfg["sampler"]["name"] != arm_strategy(sampler):
+            raise StudyError(
+                f"{method}: the {sampler} config sets sampler.name={cfg['sampler']['name']}"
+            )
+
+
+def eval_path(spec: RunSpec) -> Path:
+    return Path(spec.output_dir) / "checkpoints" / "eval.json"
+
+
+def finished_record(spec: RunSpec) -> RunRecord | None:
+    """The record of a spec already evaluated (its eval.json exists), else None."""
+    done = eval_path(spec)
+    if not done.is_file():
+        return None
+    metrics = json.loads(done.read_text())["metrics"]
+    return RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir, metrics)
+
+
+def not_run_record(spec: RunSpec) -> RunRecord:
+    return RunRecord(
+        spec.method,
+        spec.sampler,
+        spec.seed,
+        spec.output_dir,
+        error="not run: the report was written (--report-only) before this run finished",
+    )
+
+
+def pretrain_and_evaluate(spec: RunSpec, eval_overrides: Sequence[str] = ()) -> dict:
+    """Pretrain one spec (resuming if it was interrupted), evaluate its last checkpoint."""
+    from pretrain.linear_eval import evaluate_checkpoint
+    from pretrain.trainer import load_pretrain_config, train
+
+    train(load_pretrain_config(spec.config, spec.overrides))
+    checkpoint = Path(spec.output_dir) / "checkpoints" / "last.pth"
+    return evaluate_checkpoint(checkpoint, eval_overrides)["metrics"]
+
+
+def execute_runs(
+    specs: Sequence[RunSpec],
+    run_one: Callable[[RunSpec], dict],
+    log: Callable[[str], None] = print,
+) -> list[RunRecord]:
+    """Run specs in order; a run that fails is recorded with its error and the rest continue.
+
+    A spec whose eval.json exists is not rerun, so an interrupted study resumes where it
+    stopped.
+    """
+    records = []
+    for index, spec in enumerate(specs, 1):
+        prefix = f"[{index}/{len(specs)}] {spec.name}"
+        record = finished_record(spec)
+        if record is not None:
+            log(f"{prefix}: already evaluated, reusing {eval_path(spec)}")
+        else:
+            log(f"{prefix}: pretraining + evaluation")
+            record = RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir)
+            try:
+                record.metrics = run_one(spec)
+            except PretrainError as exc:  # the project's errors: keep going, report it
+                record.error = str(exc)
+                log(f"{prefix}: FAILED: {exc}")
+        records.append(record)
+    return records
+
+
+class StudyRunJob(submitit.helpers.Checkpointable):
+    """One study run as a submitit job: on preemption submitit resubmits the same call, which
+    resumes pretraining from the run's last checkpoint (its overrides say resume=auto)."""
+
+    def __call__(self, spec: RunSpec, eval_overrides: Sequence[str]) -> dict:
+        return pretrain_and_evaluate(spec, eval_overrides)
+
+
+def execute_array(
+    specs: Sequence[RunSpec],
+    eval_overrides: Sequence[str],
+    cluster: str,
+    log_root: str | Path,
+    resources,
+    log: Callable[[str], None] = print,
+) -> list[RunRecord]:
+    """Submit the unfinished specs as ONE job array (launcher API) and wait for all of them."""
+    from launcher.executors import job_record, make_executor, map_array, unique_log_folder
+
+    records = {spec: finished_record(spec) for spec in specs}
+    pending = [spec for spec, record in records.items() if record is None]
+    log(f"{len(specs) - len(pending)} runs already evaluated, submitting {len(pending)}")
+    if pending:
+        executor = make_executor(
+            cluster, unique_log_folder(log_root, "compare-negatives"), resources
+        )
+        overrides = [tuple(eval_overrides)] * len(pending)
+        jobs = map_array(executor, resources, StudyRunJob(), pending, overrides)
+        log(f"job array {jobs[0].job_id.split('_')[0]}: {len(jobs)} tasks on {cluster}")
+        for spec, job in zip(pending, jobs):
+            record = RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir)
+            try:
+                record.metrics = job.result()
+            except Exception as exc:  # submitit re-raises the task's error with its traceback
+                last_line = str(exc).strip().splitlines()[-1:] or [type(exc).__name__]
+                record.error = f"{last_line[0]} (log: {job_record(job)['stderr']})"
+                log(f"{spec.name}: FAILED: {record.error}")
+            records[spec] = record
+    return [records[spec] for spec in specs]
+
+
+# ---------------------------------------------------------------- summarising
+
+
+@dataclass
+class MethodSummary:
+    method: str
+    metric: str
+    per_sampler: dict[str, MeanCI | None]
+    difference: MeanCI | None
+    paired_seeds: list[int]
+    failed: list[str]
+    arm: str = "ring"
+
+
+def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metric: str):
+    return {
+        r.seed: float(r.metrics[metric])
+        for r in records
+        if r.method == method and r.sampler == sampler and r.error is None and metric in r.metrics
+    }
+
+
+def arms_of(records: Sequence[RunRecord]) -> list[str]:
+    """The arms in the records, uniform first (the reference)."""
+    arms = list(dict.fromkeys(r.sampler for r in records))
+    return sorted(arms, key=lambda arm: arm != "uniform")
+
+
+def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> list[MethodSummary]:
+    """Per (method, arm): mean ± CI, and the paired arm - uniform difference."""
+    methods = list(dict.fromkeys(r.method for r in records))
+    if not methods:
+        raise StudyError("no run records to summarise: the study produced nothing")
+    summaries = []
+    for method in methods:
+        arms = [
+            a
+            for a in arms_of(records)
+            if any(r.method == method and r.sampler == a for r in records)
+        ]
+        by_sampler = {s: metric_by_seed(records, method, s, metric) for s in arms}
+        per_sampler = {
+            s: mean_confidence_interval(list(v.values()), confidence) if v else None
+            for s, v in by_sampler.items()
+        }
+        for arm in arms[1:]:
+            common = sorted(set(by_sampler[arm]) & set(by_sampler.get("uniform", {})))
+            difference = None
+            if common:
+                difference = paired_difference_ci(
+                    {s: by_sampler[arm][s] for s in common},
+                    {s: by_sampler["uniform"][s] for s in common},
+                    confidence,
+                )
+            failed = [
+                f"{r.sampler} seed {r.seed}: {r.error}"
+                for r in records
+                if r.method == method and r.sampler in ("uniform", arm) and r.error is not None
+            ]
+            summaries.append(
+                MethodSummary(method, metric, per_sampler, difference, common, failed, arm)
+            )
+    return summaries
+
+
+def verdict(difference: MeanCI | None, arm: str = "ring") -> str:
+    """Plain words for an arm - uniform interval: only a CI excluding zero counts as an effect."""
+    if difference is None:
+        return "no paired runs"
+    if difference.half_width is None:
+        return "1 seed: no interval, no verdict"
+    if difference.excludes_zero():
+        return f"{arm} better" if difference.mean > 0 else f"{arm} worse"
+    return "no resolved difference (CI includes 0)"
+
+
+def signed_points(ci: MeanCI) -> str:
+    text = ci.format()
+    return text if text.startswith("-") else "+" + text
+
+
+# ---------------------------------------------------------------- writing
+
+
+def markdown_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
+    """One metric's table; `floor` is the same metric measured on raw pixels."""
+    confidence = next(
+        (ci.confidence for s in summaries for ci in s.per_sampler.values() if ci), 0.95
+    )
+    pct = f"{confidence:.0%}"
+    lines = [
+        f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
+        "",
+        f"| method | arm | uniform | arm | arm − uniform ({pct} CI) | seeds | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        cells = [
+            s.per_sampler[x].format() if s.per_sampler.get(x) else "failed"
+            for x in ("uniform", s.arm)
+        ]
+        diff = signed_points(s.difference) if s.difference else "—"
+        lines.append(
+            f"| {s.method} | {s.arm} | {cells[0]} | {cells[1]} | {diff} | "
+            f"{len(s.paired_seeds)} | {verdict(s.difference, s.arm)} |"
+        )
+    if floor is not None:
+        lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
+    return "\n".join(lines)
+
+
+def failures_section(summaries: Sequence[MethodSummary]) -> str:
+    failed = sorted({f"{s.method} {line}" for s in summaries for line in s.failed})
+    if not failed:
+        return "All runs finished."
+    return (
+        "Failed runs (excluded from their cells and from the paired difference):\n\n"
+        + "\n".join(f"- {line}" for line in failed)
+    )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared report from other users
+    os.replace(tmp, path)
+
+
+ARM_COLOURS = ("#8c8c8c", "#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#2e933c")
+
+
+def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=0.95) -> None:
+    """Grouped bars (one per arm) per method with CI whiskers, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = METRICS[:3]
+    arms = arms_of(records)
+    methods = list(dict.fromkeys(r.method for r in records))
+    width = 0.8 / len(arms)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        lows = [floor[key] * 100] if key in floor else []
+        for a, arm in enumerate(arms):
+            cis = []
+            for method in methods:
+                values = list(metric_by_seed(records, method, arm, key).values())
+                cis.append(mean_confidence_interval(values, confidence) if values else None)
+            heights = [ci.mean * 100 if ci else math.nan for ci in cis]
+            errors = [(ci.half_width or 0.0) * 100 if ci else 0.0 for ci in cis]
+            lows += [h - e for h, e in zip(heights, errors) if not math.isnan(h)]
+            offset = (a - (len(arms) - 1) / 2) * width
+            ax.bar(
+                [m + offset for m in range(len(methods))],
+                heights,
+                width=width * 0.95,
+                yerr=errors,
+                capsize=2,
+                color=ARM_COLOURS[a % len(ARM_COLOURS)],
+                label=arm,
+            )
+        if key in floor:
+            ax.axhline(floor[key] * 100, ls="--", color="k", lw=1, label="raw pixels")
+        ax.set_xticks(range(len(methods)), methods)
+        ax.set_title(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(max(0.0, min(lows, default=5.0) - 5), 100)
+    # one legend below the panels, where it cannot hide a bar
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.suptitle(f"negative strategies (mean ± {confidence:.0%} CI over seeds)")
+    fig.tight_layout(rect=(0, 0.09, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(
+    records: Sequence[RunRecord],
+    floor: dict,
+    out_dir: str | Path,
+    command: str,
+    description: str,
+    confidence: float = 0.95,
+) -> dict:
+    """Write results.md, results.png and records.json; return the headline summary."""
+    out_dir = Path(out_dir)
+    if not any(r.error is None for r in records):
+        raise StudyError(
+            f"every run failed ({records[0].error if records else 'no runs'}); nothing to report"
+        )
+    sections = [f"# Negative strategies vs uniform\n\n{description}\n", "Command:\n"]
+    sections.append(f"```\n{command}\n```\n")
+    headline = {}
+    for key, label in METRICS:
+        try:
+            summaries = summarise(records, key, confidence)
+        except StatsError as exc:
+            raise StudyError(f"cannot summarise {label}: {exc}") from exc
+        sections.append(markdown_table(summaries, label, floor.get(key)) + "\n")
+        if key == METRICS[0][0]:
+            headline = {f"{s.method} {s.arm}": verdict(s.difference, s.arm) for s in summaries}
+            sections.append(failures_section(summaries) + "\n")
+    sections.append("![ring vs uniform](results.png)\n")
+    write_text_atomic(out_dir / "results.md", "\n".join(sections))
+    write_text_atomic(
+        out_dir / "records.json", json.dumps([asdict(r) for r in records], indent=1) + "\n"
+    )
+    bar_chart(records, floor, out_dir / "results.png", confidence)
+    return headline
+
+
+# ---------------------------------------------------------------- presets and the whole study
+
+GRAYSCALE_DATASETS = ("fmnist",)
+CMC_GRAYSCALE = (
+    "CMC is excluded: it contrasts the L and ab channels of Lab colour, and Fashion-MNIST is "
+    "grayscale (ab is zero everywhere), so there is no second view to predict"
+)
+
+# Budgets: every override here applies to both samplers of every method alike.
+PRESETS = {
+    # ~30 min on 2 free cores: 18 runs of 2 epochs over the configs' fixed 10k-image subset.
+    # Batch 128 doubles the optimizer steps of a batch-256 run for the same images; MoCo's key
+    # momentum drops to 0.99 because with 0.999 the key encoder would barely move in the ~160
+    # steps a run gets; the ring's upper bound anneals over the first half, as in the configs.
+    "cpu": {
+        "dataset": "fmnist",
+        "methods": ["ir", "moco", "simclr"],
+        "seeds": [0, 1, 2],
+        "overrides": [
+            "optim.epochs=2",
+            "optim.batch_size=128",
+            "optim.warmup_epochs=0.25",
+            "moco.momentum=0.99",
+            "knn.train_subset=1000",  # the trainer's end-of-run monitor only; the study
+            "knn.test_subset=500",  # evaluates every run itself on the full test split
+            "train.progress=false",
+        ],
+        "eval": ["train_limit=10000"],
+    },
+    # the configs' own budgets, untouched
+    "none": {
+        "dataset": "fmnist",
+        "methods": ["ir", "moco", "simclr"],
+        "seeds": [0, 1, 2],
+        "overrides": [],
+        "eval": [],
+    },
+    "gpu": {
+        "dataset": "cifar10",
+        "methods": ["ir", "cmc", "moco", "simclr"],
+        "seeds": [0, 1, 2],
+        "overrides": ["device=cuda"],
+        "eval": ["device=cuda", "batch_size=1024", "num_workers=8"],
+    },
+}
+
+
+def check_methods_fit_dataset(methods: Sequence[str], dataset: str) -> None:
+    if "cmc" in methods and dataset in GRAYSCALE_DATASETS:
+        raise StudyError(f"{CMC_GRAYSCALE}; drop cmc from the methods or use a colour dataset")
+
+
+def load_floor(path: Path, compute: Callable[[], dict], log: Callable[[str], None]) -> dict:
+    """The raw-pixel floor, computed once per study folder (it depends on the data only)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    log("computing the raw-pixel floor (same protocol, no encoder)")
+    floor = compute()
+    write_text_atomic(path, json.dumps(floor, indent=1) + "\n")
+    return floor
+
+
+def study_plan(args) -> dict:
+    """Preset values, with any explicitly given argument taking precedence."""
+    preset = PRESETS[args.preset]
+    return {
+        "dataset": args.dataset or preset["dataset"],
+        "methods": list(args.methods or preset["methods"]),
+        "arms": list(args.samplers or preset.get("arms", DEFAULT_ARMS)),
+        "seeds": list(args.seeds if args.seeds is not None else preset["seeds"]),
+        "overrides": [*preset["overrides"], *args.overrides],
+        "eval": [*preset["eval"], *args.eval],
+    }
+
+
+def data_label(data_cfg) -> str:
+    """What the runs actually trained on: the dataset name and, when given, its folder."""
+    root = f" from `{shown_path(data_cfg.root)}`" if data_cfg.get("root") else ""
+    subset = (
+        f", a fixed {data_cfg.train_subset}-image subset" if data_cfg.get("train_subset") else ""
+    )
+    return f"`{data_cfg.name}`{root}{subset}"
+
+
+def describe(plan: dict, args, specs: Sequence[RunSpec], data: str) -> str:
+    lines = [
+        f"Data: {data}. Methods {', '.join(plan['methods'])}, arms "
+        f"{', '.join(plan['arms'])}, seeds "
+        f"{', '.join(map(str, plan['seeds']))} ({len(specs)} pretraining runs). Configs: "
+        f"`<arm>_<method>_{plan['dataset']}.yaml` from "
+        f"`{shown_path(args.config_dir)}`, plus "
+        f"the overrides `{' '.join(plan['overrides']) or 'none'}` for every run; the runs "
+        "of a (method, seed) were checked to differ only in `sampler.*`.",
+        "",
+        "Evaluation: frozen encoder (BN in eval mode, verified bitwise unchanged), pooled "
+        "features; linear probe = L-BFGS logistic regression on standardised features with "
+        "the L2 penalty chosen on 10% of the train split; weighted kNN (cosine, T=0.07). "
+        f"Options: `{' '.join(plan['eval']) or 'defaults'}`.",
+    ]
+    if plan["dataset"] in GRAYSCALE_DATASETS:
+        lines += ["", CMC_GRAYSCALE + "."]
+    return "\n".join(lines)
+
+
+def run_study_from_args(args, command: str, started: float, log=print) -> dict:
+    """The whole study as tools/compare_negatives.py describes it; returns verdict per method."""
+    import time
+
+    from pretrain.data import load_source
+    from pretrain.linear_eval import eval_options, raw_pixel_floor
+    from pretrain.trainer import load_pretrain_config
+
+    plan = study_plan(args)
+    check_methods_fit_dataset(plan["methods"], plan["dataset"])
+    eval_options(plan["eval"])  # a typo in --eval fails now, not after hours of training
+    configs = config_pairs(args.config_dir, plan["dataset"], plan["methods"], plan["arms"])
+    output = Path(args.output)
+    specs = plan_runs(configs, plan["seeds"], output, plan["overrides"])
+    resolved = {}
+
+    def load(config, overrides):
+        resolved[(config, tuple(overrides))] = load_pretrain_config(config, overrides)
+        return resolved[(config, tuple(overrides))].to_dict()
+
+    check_plan(specs, load)
+    first = resolved[(specs[0].config, tuple(specs[0].overrides))]
+    # Train from the configs as checked now, so an edit to configs/ while the study runs
+    # cannot make later runs differ from earlier ones.
+    specs = [freeze_config(s, resolved[(s.config, tuple(s.overrides))]) for s in specs]
+    floor = load_floor(
+        output / "floor.json",
+        lambda: raw_pixel_floor(load_source(first.data), eval_options(plan["eval"])),
+        log,
+    )
+    if args.report_only:
+        records = [finished_record(s) or not_run_record(s) for s in specs]
+    elif args.cluster:
+        from launcher.executors import Resources
+
+        resources = Resources(
+            job_name="compare-negatives",
+            gpus_per_node=args.gpus_per_node,
+            cpus_per_task=args.cpus_per_task,
+            timeout_min=args.timeout_min,
+            partition=args.partition,
+            array_parallelism=args.array_parallelism,
+        )
+        records = execute_array(specs, plan["eval"], args.cluster, output / "logs", resources, log)
+    else:
+        records = execute_runs(specs, lambda spec: pretrain_and_evaluate(spec, plan["eval"]), log)
+    minutes = (time.time() - started) / 60
+    timing = (
+        "This report was written with --report-only from the runs finished so far."
+        if args.report_only
+        else f"Wall time of this invocation: {minutes:.1f} min."
+    )
+    description = describe(plan, args, specs, data_label(first.data)) + "\n\n" + timing
+    report_dir = Path(args.report_dir) if args.report_dir else output / "report"
+    headline = write_report(records, floor, report_dir, command, description)
+    log(f"wrote {report_dir / 'results.md'} and {report_dir / 'results.png'}")
+    return headline
