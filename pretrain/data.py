@@ -6,6 +6,7 @@ what the source really holds, so CMC can refuse grayscale data.
 """
 
 import gzip
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,20 @@ from torchvision import transforms as T
 from pretrain.errors import PretrainError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def fashion_mnist_root():
+    """The Debian package's folder: installed system-wide, else unpacked (``dpkg -x``, no root)
+    into the project cache by tools/setup_env.sh."""
+    cache = Path(os.environ.get("RINGNCE_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
+    unpacked = cache / "debian" / "dataset-fashion-mnist" / FASHION_MNIST_ROOT.lstrip("/")
+    return (
+        unpacked
+        if not Path(FASHION_MNIST_ROOT).is_dir() and unpacked.is_dir()
+        else Path(FASHION_MNIST_ROOT)
+    )
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -93,8 +108,11 @@ def read_idx(path, header_bytes):
 
 
 def load_fashion_mnist(root):
-    root = Path(root or FASHION_MNIST_ROOT)
-    fix = "install it with 'apt-get install dataset-fashion-mnist' or set data.root"
+    root = Path(root) if root else fashion_mnist_root()
+    fix = (
+        "install it with 'apt-get install dataset-fashion-mnist' (without root: "
+        "bash tools/setup_env.sh unpacks it into .cache) or set data.root"
+    )
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(

@@ -1,5 +1,4 @@
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from pretrain.data import (
     MultiView,
     augmentation,
     collate_views,
+    fashion_mnist_root,
     load_fashion_mnist,
     load_image_folder,
     load_source,
@@ -88,7 +88,7 @@ def test_two_view_batches(method, channels):
 
 
 def test_real_fashion_mnist_when_installed():
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+    if not (fashion_mnist_root() / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
     source = load_fashion_mnist(None)
     assert (len(source.train), len(source.test), source.num_classes) == (60000, 10000, 10)

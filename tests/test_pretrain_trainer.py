@@ -2,7 +2,6 @@
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import yaml
 from pretrain import run
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import load_checkpoint
+from pretrain.data import fashion_mnist_root
 from pretrain.trainer import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -159,7 +159,7 @@ def test_ring_moco_on_a_fashion_mnist_slice(tmp_path):
     """A real short run: the shipped ring-MoCo config on 1,024 Fashion-MNIST images."""
     from pretrain.trainer import load_pretrain_config
 
-    if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_file():
+    if not (fashion_mnist_root() / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("Debian package dataset-fashion-mnist is not installed")
     cfg = load_pretrain_config(
         "configs/pretrain/ring_moco_fmnist.yaml",
