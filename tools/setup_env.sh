@@ -2,7 +2,8 @@
 # Set up everything ring-nce needs on a fresh machine, idempotently: the project virtualenv
 # (.venv: torch, Detectron2, test tools), the project itself in editable mode, Debian packages
 # (Fashion-MNIST; the Slurm/MariaDB packages for the local test cluster) and the labelme COCO
-# fixture. A second run finds its stamp up to date and returns in about a second.
+# fixture. Without root, Fashion-MNIST's package is unpacked into $CACHE instead, and the Slurm
+# tests skip. A second run finds its stamp up to date and returns in about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -12,9 +13,15 @@ STAMP=$VENV/.ringnce-setup
 APT_PACKAGES="dataset-fashion-mnist munge slurmctld slurmd slurm-client slurmdbd mariadb-server"
 LABELME=labelme==6.3.1
 # the stamp changes whenever something this script installs changes
-WANT=$(cat requirements.txt setup.py tools/setup_env.sh tools/install_detectron2.py | sha256sum | cut -c1-16)
+WANT=$(cat requirements.txt setup.py tools/setup_env.sh tools/fetch_fashion_mnist.sh tools/install_detectron2.py | sha256sum | cut -c1-16)
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -d "$CACHE/fixtures/labelme_coco" ]; then
+FMNIST=usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# where pretrain/data.py looks when the package is not installed system-wide
+FMNIST_CACHE=$CACHE/debian/dataset-fashion-mnist
+have_fashion_mnist() { [ -f "/$FMNIST" ] || [ -f "$FMNIST_CACHE/$FMNIST" ]; }
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -d "$CACHE/fixtures/labelme_coco" ] \
+  && have_fashion_mnist; then
   exit 0
 fi
 log() { echo "[setup_env] $*"; }
@@ -29,7 +36,10 @@ if [ -n "$missing_apt" ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing_apt >/dev/null
   else
-    log "WARNING: not root or no apt-get; missing Debian packages:$missing_apt (Fashion-MNIST and the Slurm tests need them)"
+    case "$missing_apt" in *dataset-fashion-mnist*) RINGNCE_CACHE=$CACHE bash tools/fetch_fashion_mnist.sh || true ;; esac
+    slurm_missing=${missing_apt/ dataset-fashion-mnist/}
+    [ -z "$slurm_missing" ] \
+      || log "not root: Debian packages$slurm_missing missing; the Slurm tests skip (they need root and them)"
   fi
 fi
 

@@ -341,8 +341,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 [[ "$NODES" =~ ^[1-9][0-9]?$ ]] || die "--nodes must be a number from 1 to 99, got '$NODES'" 2
-[ "$(id -u)" = 0 ] || die "needs root (it writes /etc/slurm and starts the daemons as root)" 3
+# packages first: without root, the missing ones are named (install_packages exits 3)
 install_packages
+[ "$(id -u)" = 0 ] || die "needs root (it writes /etc/slurm and starts the daemons as root)" 3
+for tool in ip nsenter unshare; do
+  [ "$NODES" = 1 ] || command -v $tool >/dev/null || die "--nodes $NODES needs '$tool' (iproute2/util-linux)" 3
+done
 mkdir -p "$RUN" "$LOG" "$ROOT/state" "$ROOT/spool"
 start_munge
 [ "$NODES" = 1 ] || setup_network
