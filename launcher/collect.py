@@ -1,18 +1,22 @@
-"""Gather a sweep's results into one table (markdown, CSV, PNG), listing every run that
-produced none, with the path of its log: a missing run is never silently dropped.
+"""Gather one or more sweeps' results into one leaderboard (markdown, CSV, PNG), listing every
+run that produced none, with the path of its log: a missing run is never silently dropped.
 
 Rows are pretraining checkpoints; columns are ``task / group / metric`` (group: bbox, segm,
-keypoints; metric: AP, AP50, AP75) holding mean ± sample standard deviation over seeds.
+keypoints; metric: AP, AP50, AP75) holding the mean with its 95% Student-t interval over seeds
+(launcher.stats, the same statistics as the negative-strategy study). With a baseline (a sweep's
+``baseline:`` or ``--baseline``; random init is a ``random`` checkpoint entry, no file), a second
+table holds each checkpoint's paired difference to it over the seeds both have.
 """
 
 import csv
 import json
 import math
 import pickle
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.errors import LauncherError
+from launcher.stats import MeanCI, mean_confidence_interval, paired_difference_ci
 from launcher.sweep import JOB_FILE, RESULTS_FILE, Run, planned_runs, read_spec
 
 GROUPS = ("bbox", "segm", "keypoints")
@@ -27,22 +31,9 @@ class RunOutcome:
     log: str = ""
 
 
-@dataclass
-class Cell:
-    values: list = field(default_factory=list)
-
-    @property
-    def undefined(self):
-        # one NaN seed (a model that predicted nothing) makes the summary NaN, visibly
-        return not self.values or any(math.isnan(value) for value in self.values)
-
-    @property
-    def mean(self):
-        return math.nan if self.undefined else statistics.fmean(self.values)
-
-    @property
-    def std(self):
-        return math.nan if self.undefined or len(self.values) < 2 else statistics.stdev(self.values)
+CONFIDENCE = 0.95
+# one NaN seed (a model that predicted nothing) makes a summary NaN, visibly, not dropped
+UNDEFINED = MeanCI(mean=math.nan, half_width=None, n=0, confidence=CONFIDENCE)
 
 
 def _read_json(path):
@@ -101,23 +92,53 @@ def collect(sweep_dir):
     return spec, [run_outcome(run, sweep_dir) for run in planned_runs(spec)]
 
 
-def table_cells(spec, outcomes):
-    """{(checkpoint, column): Cell} and the columns any finished run has, in a fixed order."""
-    cells, present = {}, set()
+def collect_many(sweep_dirs):
+    """The merged spec (checkpoints, tasks, seeds and baseline in first-seen order) and every
+    planned run's outcome over several sweeps. A run with results in two sweeps is an error:
+    which one counts would otherwise be an accident of the argument order."""
+    merged = {"checkpoints": {}, "tasks": {}, "seeds": [], "baseline": None}
+    outcomes, seen = [], {}
+    for sweep_dir in sweep_dirs:
+        spec, found = collect(sweep_dir)
+        for key in ("checkpoints", "tasks"):
+            for name, entry in spec[key].items():
+                merged[key].setdefault(name, entry)
+        merged["seeds"] += [seed for seed in spec["seeds"] if seed not in merged["seeds"]]
+        baseline = spec.get("baseline")
+        if baseline and merged["baseline"] not in (None, baseline):
+            raise LauncherError(
+                f"{sweep_dir} names baseline {baseline!r} but an earlier sweep names "
+                f"{merged['baseline']!r}; pass --baseline to choose one"
+            )
+        merged["baseline"] = merged["baseline"] or baseline
+        for outcome in found:
+            if outcome.results is not None and outcome.run in seen:
+                raise LauncherError(
+                    f"run {outcome.run.label} has results in both {seen[outcome.run]} and "
+                    f"{sweep_dir}; collect one of them"
+                )
+            if outcome.results is not None:
+                seen[outcome.run] = sweep_dir
+            outcomes.append(outcome)
+    return merged, outcomes
+
+
+def scores_by_seed(spec, outcomes):
+    """{(checkpoint, column): {seed: value}} and the columns any finished run has, in order."""
+    scores, present = {}, set()
     for outcome in outcomes:
         if outcome.results is None:
             continue
         for group in GROUPS:
             for metric in METRICS:
-                scores = outcome.results.get(group)
-                if not isinstance(scores, dict) or metric not in scores:
+                found = outcome.results.get(group)
+                if not isinstance(found, dict) or metric not in found:
                     continue
-                # Detectron2 reports NaN (null in JSON) when a model predicts nothing: shown
-                # as nan, which is what it is, rather than dropped
-                value = math.nan if scores[metric] is None else float(scores[metric])
+                # Detectron2 reports NaN (null in JSON) when a model predicts nothing
+                value = math.nan if found[metric] is None else float(found[metric])
                 column = (outcome.run.task, group, metric)
                 present.add(column)
-                cells.setdefault((outcome.run.checkpoint, column), Cell()).values.append(value)
+                scores.setdefault((outcome.run.checkpoint, column), {})[outcome.run.seed] = value
     columns = [
         (task, group, metric)
         for task in spec["tasks"]
@@ -125,7 +146,66 @@ def table_cells(spec, outcomes):
         for metric in METRICS
         if (task, group, metric) in present
     ]
-    return cells, columns
+    return scores, columns
+
+
+def summary(by_seed):
+    if not by_seed:
+        return None
+    values = list(by_seed.values())
+    if any(math.isnan(value) for value in values):
+        return UNDEFINED
+    return mean_confidence_interval(values, CONFIDENCE)
+
+
+def difference(by_seed, baseline_by_seed):
+    """Paired difference over the seeds both have (a seed only one side has is listed among
+    the runs without results, so the comparison's n says it is partial)."""
+    common = sorted(set(by_seed or {}) & set(baseline_by_seed or {}))
+    treatment = {seed: by_seed[seed] for seed in common}
+    control = {seed: baseline_by_seed[seed] for seed in common}
+    if not common:
+        return None
+    if any(math.isnan(value) for value in [*treatment.values(), *control.values()]):
+        return UNDEFINED
+    return paired_difference_ci(treatment, control, CONFIDENCE)
+
+
+@dataclass
+class Leaderboard:
+    """Every (checkpoint, column) summary and, with a baseline, its paired difference."""
+
+    spec: dict
+    outcomes: list
+    columns: list
+    summaries: dict
+    differences: dict
+    baseline: str | None
+
+    @property
+    def missing(self):
+        return [outcome for outcome in self.outcomes if outcome.results is None]
+
+
+def leaderboard(sweep_dirs, baseline=None):
+    spec, outcomes = collect_many(sweep_dirs)
+    baseline = baseline or spec["baseline"]
+    if baseline is not None and baseline not in spec["checkpoints"]:
+        raise LauncherError(
+            f"baseline {baseline!r} is not a checkpoint of the sweeps "
+            f"({', '.join(spec['checkpoints'])}); name one of them"
+        )
+    scores, columns = scores_by_seed(spec, outcomes)
+    summaries = {key: summary(by_seed) for key, by_seed in scores.items()}
+    differences = {}
+    if baseline is not None:
+        for checkpoint in spec["checkpoints"]:
+            for column in columns:
+                if checkpoint != baseline and (checkpoint, column) in scores:
+                    differences[(checkpoint, column)] = difference(
+                        scores[(checkpoint, column)], scores.get((baseline, column))
+                    )
+    return Leaderboard(spec, outcomes, columns, summaries, differences, baseline)
 
 
 def column_title(column, single_task):
@@ -133,100 +213,140 @@ def column_title(column, single_task):
     return f"{group} {metric}" if single_task else f"{task} {group} {metric}"
 
 
-def format_cell(cell, seeds_planned):
-    if cell is None or not cell.values:
+def format_summary(ci, seeds_planned, signed=False):
+    if ci is None:
         return "-"
-    text = f"{cell.mean:.2f}"
-    if len(cell.values) > 1 and not cell.undefined:
-        text += f" ± {cell.std:.2f}"
-    if len(cell.values) < seeds_planned:
-        text += f" ({len(cell.values)}/{seeds_planned} seeds)"
+    if math.isnan(ci.mean):
+        return "nan"
+    sign = "+" if signed else ""
+    text = f"{ci.mean:{sign}.2f}"
+    if ci.half_width is not None:
+        text += f" ± {ci.half_width:.2f}"
+    if ci.n < seeds_planned:
+        text += f" ({ci.n}/{seeds_planned} seeds)"
     return text
 
 
-def markdown_report(spec, outcomes):
-    cells, columns = table_cells(spec, outcomes)
-    single_task = len(spec["tasks"]) == 1
-    seeds = len(spec["seeds"])
-    finished = sum(outcome.results is not None for outcome in outcomes)
+def wide_table(board, cells, rows, signed=False):
+    single_task = len(board.spec["tasks"]) == 1
+    seeds = len(board.spec["seeds"])
+    titles = [column_title(column, single_task) for column in board.columns]
+    lines = ["| pretraining | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
+    for checkpoint in rows:
+        row = [format_summary(cells.get((checkpoint, c)), seeds, signed) for c in board.columns]
+        lines.append(f"| {checkpoint} | " + " | ".join(row) + " |")
+    return lines
+
+
+def markdown_report(board):
+    finished = len(board.outcomes) - len(board.missing)
+    checkpoints = list(board.spec["checkpoints"])
     lines = [
-        f"# Transfer results ({finished}/{len(outcomes)} runs finished; "
-        f"mean ± std over seeds {spec['seeds']})",
+        f"# Transfer results ({finished}/{len(board.outcomes)} runs finished; mean ± "
+        f"{CONFIDENCE:.0%} CI (Student t) over seeds {board.spec['seeds']})",
         "",
     ]
-    if columns:
-        lines.append(
-            "| pretraining | " + " | ".join(column_title(c, single_task) for c in columns) + " |"
-        )
-        lines.append("|---" * (len(columns) + 1) + "|")
-        for checkpoint in spec["checkpoints"]:
-            row = [format_cell(cells.get((checkpoint, c)), seeds) for c in columns]
-            lines.append(f"| {checkpoint} | " + " | ".join(row) + " |")
-    else:
+    if not board.columns:
         lines.append("No run has finished yet.")
-    problems = [outcome for outcome in outcomes if outcome.results is None]
-    if problems:
-        lines += ["", f"## Runs without results ({len(problems)})", "", "| run | problem | log |"]
-        lines.append("|---|---|---|")
-        lines += [f"| {o.run.label} | {o.problem} | {o.log} |" for o in problems]
+    else:
+        lines += wide_table(board, board.summaries, checkpoints)
+    if board.baseline is not None and board.columns:
+        lines += [
+            "",
+            f"## Paired difference to {board.baseline} (AP points, mean ± {CONFIDENCE:.0%} CI "
+            "over the seeds both have)",
+            "",
+        ]
+        others = [name for name in checkpoints if name != board.baseline]
+        lines += wide_table(board, board.differences, others, signed=True)
+    if board.missing:
+        lines += ["", f"## Runs without results ({len(board.missing)})", ""]
+        lines += ["| run | problem | log |", "|---|---|---|"]
+        lines += [f"| {o.run.label} | {o.problem} | {o.log} |" for o in board.missing]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(spec, outcomes, path):
-    cells, columns = table_cells(spec, outcomes)
-    header = ["pretraining"]
-    for task, group, metric in columns:
-        name = f"{task}/{group}/{metric}"
-        header += [f"{name} mean", f"{name} std", f"{name} n"]
+def interval_fields(ci):
+    """mean, CI low, CI high, n for the CSV (empty when there is no value or no interval)."""
+    if ci is None:
+        return ["", "", "", 0]
+    low = "" if ci.low is None else ci.low
+    high = "" if ci.high is None else ci.high
+    return [ci.mean, low, high, ci.n]
+
+
+def write_csv(board, path):
+    """One row per checkpoint x task x metric (long format: easy to filter and plot)."""
+    header = ["checkpoint", "task", "group", "metric", "mean", "ci_low", "ci_high", "n"]
+    header += ["baseline", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_n"]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
-        for checkpoint in spec["checkpoints"]:
-            row = [checkpoint]
-            for column in columns:
-                cell = cells.get((checkpoint, column)) or Cell()
-                row += [cell.mean, cell.std, len(cell.values)]
-            writer.writerow(row)
+        for checkpoint in board.spec["checkpoints"]:
+            for column in board.columns:
+                if (checkpoint, column) not in board.summaries:
+                    continue
+                row = [checkpoint, *column, *interval_fields(board.summaries[(checkpoint, column)])]
+                if (checkpoint, column) in board.differences:
+                    row += [
+                        board.baseline,
+                        *interval_fields(board.differences[(checkpoint, column)]),
+                    ]
+                writer.writerow(row)
 
 
-def write_chart(spec, outcomes, path):
-    """Grouped bars: one group per column, one bar per pretraining, std as error bars."""
+def bars(axes, board, cells, rows, ylabel):
+    single_task = len(board.spec["tasks"]) == 1
+    width = 0.8 / max(1, len(rows))
+    for index, checkpoint in enumerate(rows):
+        found = [cells.get((checkpoint, c)) or UNDEFINED for c in board.columns]
+        axes.bar(
+            [position + index * width for position in range(len(board.columns))],
+            [ci.mean for ci in found],
+            width,
+            yerr=[ci.half_width or 0.0 for ci in found],
+            capsize=3,
+            label=checkpoint,
+        )
+    axes.set_xticks([p + 0.4 - width / 2 for p in range(len(board.columns))])
+    titles = [column_title(c, single_task) for c in board.columns]
+    axes.set_xticklabels(titles, rotation=30, ha="right")
+    axes.set_ylabel(ylabel)
+    axes.legend(title="pretraining")
+
+
+def write_chart(board, path):
+    """Grouped bars with 95% CIs; with a baseline, a second panel of paired differences."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells, columns = table_cells(spec, outcomes)
-    single_task = len(spec["tasks"]) == 1
-    checkpoints = list(spec["checkpoints"])
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) + 2), 4.0))
-    width = 0.8 / max(1, len(checkpoints))
-    for index, checkpoint in enumerate(checkpoints):
-        found = [cells.get((checkpoint, c)) or Cell() for c in columns]
-        axes.bar(
-            [position + index * width for position in range(len(columns))],
-            [cell.mean for cell in found],
-            width,
-            yerr=[0.0 if math.isnan(cell.std) else cell.std for cell in found],
-            capsize=3,
-            label=checkpoint,
-        )
-    axes.set_xticks([p + 0.4 - width / 2 for p in range(len(columns))])
-    axes.set_xticklabels([column_title(c, single_task) for c in columns], rotation=30, ha="right")
-    axes.set_ylabel("AP (mean ± std over seeds)")
-    axes.legend(title="pretraining")
+    panels = 2 if board.differences else 1
+    width = max(6.0, 1.1 * len(board.columns) + 2)
+    figure, axes = plt.subplots(panels, 1, figsize=(width, 4.0 * panels), squeeze=False)
+    checkpoints = list(board.spec["checkpoints"])
+    bars(axes[0][0], board, board.summaries, checkpoints, f"AP (mean ± {CONFIDENCE:.0%} CI)")
+    if board.differences:
+        others = [name for name in checkpoints if name != board.baseline]
+        bars(axes[1][0], board, board.differences, others, f"AP − {board.baseline} (paired)")
+        axes[1][0].axhline(0.0, color="black", linewidth=0.8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def write_reports(sweep_dir):
-    """Write results.md, results.csv and results.png in ``sweep_dir``; return the markdown
-    and the runs without results."""
-    sweep_dir = Path(sweep_dir)
-    spec, outcomes = collect(sweep_dir)
-    markdown = markdown_report(spec, outcomes)
-    (sweep_dir / "results.md").write_text(markdown)
-    write_csv(spec, outcomes, sweep_dir / "results.csv")
-    write_chart(spec, outcomes, sweep_dir / "results.png")
-    return markdown, [outcome for outcome in outcomes if outcome.results is None]
+def write_reports(sweep_dirs, baseline=None, output_dir=None):
+    """Write results.md, results.csv and results.png in ``output_dir`` (default: the one sweep
+    folder); return the markdown and the runs without results."""
+    sweep_dirs = [sweep_dirs] if isinstance(sweep_dirs, (str, Path)) else list(sweep_dirs)
+    if output_dir is None and len(sweep_dirs) != 1:
+        raise LauncherError("several sweep folders need --output DIR for the leaderboard")
+    output_dir = Path(output_dir or sweep_dirs[0])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    board = leaderboard(sweep_dirs, baseline)
+    markdown = markdown_report(board)
+    (output_dir / "results.md").write_text(markdown)
+    write_csv(board, output_dir / "results.csv")
+    write_chart(board, output_dir / "results.png")
+    return markdown, board.missing

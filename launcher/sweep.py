@@ -4,6 +4,9 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
 
     checkpoints:            # name: path, or name: {path: .., encoder: ..}
       ring: runs/pretrain/ring/checkpoints/last.pth
+      supervised: weights/resnet50-torchvision.pth
+      scratch: random       # random init: no file, nothing converted
+    baseline: scratch       # optional: the leaderboard's paired differences are against it
     tasks:                  # name: {config: .., opts: [KEY, VALUE, ...]}
       coco_mask: {config: configs/transfer/mask_rcnn.yaml, opts: [SOLVER.MAX_ITER, 90000]}
     seeds: [0, 1, 2]
@@ -37,9 +40,21 @@ from launcher.executors import (
 )
 from launcher.jobs import TransferJob
 
-SWEEP_KEYS = ("checkpoints", "tasks", "seeds", "opts", "output_dir", "resources", "datasets")
+SWEEP_KEYS = (
+    "checkpoints",
+    "tasks",
+    "seeds",
+    "opts",
+    "output_dir",
+    "resources",
+    "datasets",
+    "baseline",
+)
 TASK_KEYS = ("config", "opts")
 CHECKPOINT_KEYS = ("path", "encoder")
+# a checkpoint entry spelled this way is the random-init baseline: Detectron2 gets
+# MODEL.WEIGHTS "" (transfer.engine then loads nothing), so it needs no file
+RANDOM_INIT = "random"
 RESULTS_FILE = "results.json"
 JOB_FILE = "job.json"
 SPEC_FILE = "sweep.yaml"
@@ -103,6 +118,8 @@ def _dataset_specs(value):
 
 def _checkpoint_entry(name, entry):
     where = f"checkpoints.{name}"
+    if entry == RANDOM_INIT:
+        return {"path": None, "encoder": None}
     if not isinstance(entry, dict):
         entry = {"path": entry}
     _check_keys(entry, CHECKPOINT_KEYS, where)
@@ -163,6 +180,12 @@ def load_sweep(path):
         raise LauncherError("seeds must be a non-empty list of integers, e.g. [0, 1, 2]")
     if len(set(seeds)) != len(seeds):
         raise LauncherError(f"seeds {seeds} repeat a value; list each seed once")
+    baseline = raw.get("baseline")
+    if baseline is not None and baseline not in checkpoints:
+        raise LauncherError(
+            f"baseline {baseline!r} is not one of the checkpoints {sorted(checkpoints)}; name "
+            f"one of them (e.g. a '{RANDOM_INIT}' entry for random init)"
+        )
     resources = raw.get("resources") or {}
     _check_keys(resources, Resources.field_names(), "resources")
     _check_resource_types(resources)
@@ -174,6 +197,7 @@ def load_sweep(path):
         "output_dir": str(Path(raw.get("output_dir") or f"runs/sweeps/{path.stem}").resolve()),
         "resources": resources,
         "datasets": _dataset_specs(raw.get("datasets")),
+        "baseline": baseline,
     }
 
 
@@ -239,6 +263,7 @@ def pending_conversions(spec, sweep_dir, runs):
         (spec["checkpoints"][name], str(weights_path(sweep_dir, name)))
         for name in spec["checkpoints"]
         if name in needed
+        and spec["checkpoints"][name]["path"] is not None
         and not (
             weights_path(sweep_dir, name).is_file()
             and weights_path(sweep_dir, name).with_suffix(".json").is_file()
@@ -250,11 +275,12 @@ def run_opts(spec, run, sweep_dir):
     """A run's Detectron2 opts: the task's, the sweep's, then the run's own weights, output
     folder and seed, which always win. (transfer.engine applies the converter's keys from the
     weights' .json itself, at run time: the conversion may still be queued at submission.)"""
+    random_init = spec["checkpoints"][run.checkpoint]["path"] is None
     return [
         *spec["tasks"][run.task]["opts"],
         *spec["opts"],
         "MODEL.WEIGHTS",
-        str(weights_path(sweep_dir, run.checkpoint)),
+        "" if random_init else str(weights_path(sweep_dir, run.checkpoint)),
         "OUTPUT_DIR",
         str(run.directory(sweep_dir)),
         "SEED",

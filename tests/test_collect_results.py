@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from scipy import stats
 
-from launcher.collect import collect, markdown_report, write_reports
-from launcher.sweep import Run
+from launcher.collect import collect, leaderboard, markdown_report, write_reports
+from launcher.errors import LauncherError
+from launcher.sweep import Run, load_sweep, pending_conversions, run_opts
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {
@@ -54,11 +56,17 @@ def write_sweep_dir(root):
     return root
 
 
-def test_table_has_mean_and_std_over_seeds_per_pretraining(tmp_path):
-    spec, outcomes = collect(write_sweep_dir(tmp_path / "sweep"))
-    markdown = markdown_report(spec, outcomes)
+def half_width(values):
+    """95% Student-t half-width, computed here independently of launcher.stats."""
+    n = len(values)
+    return stats.t.ppf(0.975, n - 1) * statistics.stdev(values) / n**0.5
+
+
+def test_table_has_mean_and_ci_over_seeds_per_pretraining(tmp_path):
+    markdown = markdown_report(leaderboard([write_sweep_dir(tmp_path / "sweep")]))
     ring = [40.0, 42.0, 44.5]
-    expected = f"{statistics.fmean(ring):.2f} ± {statistics.stdev(ring):.2f}"
+    hw = half_width(ring)
+    expected = f"{statistics.fmean(ring):.2f} ± {hw:.2f}"
     ring_row = next(line for line in markdown.splitlines() if line.startswith("| ring |"))
     cells = [cell.strip() for cell in ring_row.strip("|").split("|")]
     header = next(line for line in markdown.splitlines() if line.startswith("| pretraining"))
@@ -73,8 +81,8 @@ def test_table_has_mean_and_std_over_seeds_per_pretraining(tmp_path):
         "segm AP75",
     ]
     assert cells[1] == expected
-    assert cells[2] == f"{statistics.fmean(ring) + 20:.2f} ± {statistics.stdev(ring):.2f}"
-    assert cells[4] == f"{statistics.fmean(ring) - 3:.2f} ± {statistics.stdev(ring):.2f}"
+    assert cells[2] == f"{statistics.fmean(ring) + 20:.2f} ± {hw:.2f}"
+    assert cells[4] == f"{statistics.fmean(ring) - 3:.2f} ± {hw:.2f}"
     uniform_row = next(line for line in markdown.splitlines() if line.startswith("| uniform |"))
     assert "38.00 (1/3 seeds)" in uniform_row
     assert "2/6 runs" not in markdown and "4/6 runs finished" in markdown
@@ -111,10 +119,21 @@ def test_csv_and_png_are_written(tmp_path):
     write_reports(root)
     with open(root / "results.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["pretraining"] for row in rows] == ["ring", "uniform"]
-    assert float(rows[0]["mask/bbox/AP mean"]) == pytest.approx(statistics.fmean([40, 42, 44.5]))
-    assert float(rows[0]["mask/bbox/AP std"]) == pytest.approx(statistics.stdev([40, 42, 44.5]))
-    assert rows[1]["mask/segm/AP75 n"] == "1"
+    # long format: checkpoint x task x metric
+    assert [(row["checkpoint"], row["group"], row["metric"]) for row in rows[:2]] == [
+        ("ring", "bbox", "AP"),
+        ("ring", "bbox", "AP50"),
+    ]
+    assert len(rows) == 2 * 6
+    ring = [40, 42, 44.5]
+    assert float(rows[0]["mean"]) == pytest.approx(statistics.fmean(ring))
+    assert float(rows[0]["ci_high"]) - float(rows[0]["mean"]) == pytest.approx(half_width(ring))
+    uniform_segm_ap75 = next(
+        r
+        for r in rows
+        if r["checkpoint"] == "uniform" and r["metric"] == "AP75" and r["group"] == "segm"
+    )
+    assert uniform_segm_ap75["n"] == "1" and uniform_segm_ap75["ci_low"] == ""
     assert (root / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (root / "results.md").read_text().startswith("# Transfer results")
 
@@ -131,6 +150,95 @@ def test_nan_scores_stay_visible(tmp_path):
     markdown, missing = write_reports(root)
     assert missing == []
     assert "| ring | nan | nan |" in markdown
+
+
+def write_results(root, checkpoints, seeds, bbox_ap, baseline=None):
+    """A finished sweep folder: bbox_ap[(checkpoint, seed)] -> AP (AP50 = AP + 20)."""
+    root.mkdir(parents=True)
+    spec = {**SPEC, "checkpoints": checkpoints, "seeds": seeds, "baseline": baseline}
+    (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    for (checkpoint, seed), ap in bbox_ap.items():
+        directory = Run(checkpoint, "mask", seed).directory(root)
+        directory.mkdir(parents=True)
+        (directory / "results.json").write_text(json.dumps({"bbox": scores(ap)}))
+    return root
+
+
+def test_leaderboard_over_two_sweeps_with_paired_difference_to_random_init(tmp_path):
+    random_ap = {0: 20.0, 1: 23.0, 2: 21.0}
+    ring_ap = {0: 30.0, 1: 34.0, 2: 31.5}
+    supervised_ap = {0: 29.0, 1: 31.0}  # seed 2 of supervised never ran
+    first = write_results(
+        tmp_path / "a",
+        {"scratch": {"path": None}, "ring": {"path": "/c/ring.pth"}},
+        [0, 1, 2],
+        {
+            **{("scratch", s): v for s, v in random_ap.items()},
+            **{("ring", s): v for s, v in ring_ap.items()},
+        },
+        baseline="scratch",
+    )
+    second = write_results(
+        tmp_path / "b",
+        {"supervised": {"path": "/c/tv.pth"}},
+        [0, 1, 2],
+        {("supervised", s): v for s, v in supervised_ap.items()},
+    )
+    markdown, missing = write_reports([first, second], output_dir=tmp_path / "board")
+    assert [o.run.label for o in missing] == ["supervised/mask/seed_2"]
+    section = markdown.split("## Paired difference to scratch")[1].split("## Runs")[0]
+    ring_row = next(line for line in section.splitlines() if line.startswith("| ring |"))
+    deltas = [ring_ap[s] - random_ap[s] for s in (0, 1, 2)]
+    expected = f"+{statistics.fmean(deltas):.2f} ± {half_width(deltas):.2f}"
+    assert ring_row.split("|")[2].strip() == expected
+    # supervised is paired on the two seeds both have, and says so
+    supervised_row = next(r for r in section.splitlines() if r.startswith("| supervised |"))
+    pair = [supervised_ap[s] - random_ap[s] for s in (0, 1)]
+    assert supervised_row.split("|")[2].strip() == (
+        f"+{statistics.fmean(pair):.2f} ± {half_width(pair):.2f} (2/3 seeds)"
+    )
+    assert "| scratch |" not in section
+    with open(tmp_path / "board" / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    ring_ap_row = next(r for r in rows if r["checkpoint"] == "ring" and r["metric"] == "AP")
+    assert ring_ap_row["baseline"] == "scratch"
+    assert float(ring_ap_row["diff_mean"]) == pytest.approx(statistics.fmean(deltas))
+    assert (tmp_path / "board" / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_baseline_choice_is_checked(tmp_path):
+    root = write_results(tmp_path / "a", {"ring": {"path": "/c"}}, [0], {("ring", 0): 1.0})
+    with pytest.raises(LauncherError, match="baseline 'supervised' is not a checkpoint"):
+        leaderboard([root], baseline="supervised")
+    with pytest.raises(LauncherError, match="need --output"):
+        write_reports([root, root])
+    with pytest.raises(LauncherError, match="has results in both"):
+        leaderboard([root, root])
+
+
+def test_sweep_random_init_entry_needs_no_file_and_no_conversion(tmp_path):
+    task = tmp_path / "mask.yaml"
+    task.write_text("{}\n")
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "checkpoints": {"scratch": "random"},
+                "tasks": {"mask": {"config": str(task)}},
+                "baseline": "scratch",
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    spec = load_sweep(sweep)
+    assert spec["baseline"] == "scratch" and spec["checkpoints"]["scratch"]["path"] is None
+    run = Run("scratch", "mask", 0)
+    assert pending_conversions(spec, tmp_path / "out", [run]) == []
+    opts = run_opts(spec, run, tmp_path / "out")
+    assert opts[opts.index("MODEL.WEIGHTS") + 1] == ""
+    sweep.write_text(yaml.safe_dump({**yaml.safe_load(sweep.read_text()), "baseline": "nope"}))
+    with pytest.raises(LauncherError, match="baseline 'nope' is not one of the checkpoints"):
+        load_sweep(sweep)
 
 
 def run_cli(*args):
