@@ -371,3 +371,37 @@ class ToCanvas:
         out = torch.zeros(3, self.canvas, self.canvas, dtype=torch.uint8)
         out[:, : pixels.shape[1], : pixels.shape[2]] = pixels
         return out, torch.tensor(pixels.shape[1:], dtype=torch.long)
+
+
+AUGMENT_ON = ("cpu", "gpu")
+
+
+def canvas_size(source_name, native_size, image_size):
+    """The loader's canvas side: a fixed-size dataset's own size; for image folders twice
+    the view size, so that typical photos (ImageNet's ~400 x 350) are cropped unshrunk."""
+    return 2 * image_size if source_name == "imagefolder" else native_size
+
+
+class DeviceViews:
+    """The trainer's step input with ``data.augment_on: gpu``: the loader's ``[canvases,
+    sizes]`` (``collate_views`` of ``ToCanvas`` items) -> ``count`` augmented views on
+    ``device``. Parameters are drawn from torch's global CPU generator, which the trainer
+    seeds per epoch, so a resumed run draws what the uninterrupted one did."""
+
+    def __init__(self, method, image_size, mean, std, crop_min_scale, count):
+        self.augment = BatchAugment(spec_for(method, image_size, mean, std, crop_min_scale))
+        self.count = count
+
+    def __call__(self, loader_views, device, memory_format=torch.preserve_format):
+        canvases, sizes = loader_views
+        canvases = canvases.to(device, non_blocking=True)
+        views = self.augment(canvases, sizes, views=self.count)
+        return [view.contiguous(memory_format=memory_format) for view in views]
+
+
+def check_augment_on(value, method):
+    """A bad ``data.augment_on`` (or a method it cannot serve) as a one-line error."""
+    if value not in AUGMENT_ON:
+        raise PretrainError(f"data.augment_on must be cpu or gpu, got '{value}'")
+    if value == "gpu":
+        spec_for(method, 32, (0.5,) * 3, (0.25,) * 3)  # raises for methods it cannot serve

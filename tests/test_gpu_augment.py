@@ -282,3 +282,37 @@ def test_to_canvas_shrinks_large_images_and_keeps_small_ones():
     assert canvas[:, 50:].sum() == 0
     small, small_size = ToCanvas(100)(Image.new("RGB", (28, 28), (1, 2, 3)))
     assert small_size.tolist() == [28, 28] and small[:, :28, :28].sum() == 28 * 28 * 6
+
+
+def test_device_views_turn_a_collated_canvas_batch_into_views():
+    items = [ToCanvas(40)(Image.new("RGB", (w, 30), (w, 5, 9))) for w in (20, 40, 33)]
+    collated, _, _ = data.collate_views([(item, 0, i) for i, item in enumerate(items)])
+    assert collated[0].shape == (3, 3, 40, 40) and collated[1].tolist() == [
+        [30, 20],
+        [30, 40],
+        [30, 33],
+    ]
+    views = gpu_augment.DeviceViews("moco", 24, MEAN, STD, 0.2, count=2)(
+        collated, torch.device("cpu")
+    )
+    assert len(views) == 2 and all(view.shape == (3, 3, 24, 24) for view in views)
+    torch.manual_seed(4)
+    first = gpu_augment.DeviceViews("moco", 24, MEAN, STD, 0.2, count=2)(
+        collated, torch.device("cpu")
+    )
+    torch.manual_seed(4)
+    again = gpu_augment.DeviceViews("moco", 24, MEAN, STD, 0.2, count=2)(
+        collated, torch.device("cpu")
+    )
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # the trainer's seeding replays
+
+
+def test_augment_on_is_checked_with_the_fix():
+    gpu_augment.check_augment_on("cpu", "cmc")
+    gpu_augment.check_augment_on("gpu", "simclr")
+    with pytest.raises(PretrainError, match="must be cpu or gpu, got 'cuda'"):
+        gpu_augment.check_augment_on("cuda", "moco")
+    with pytest.raises(PretrainError, match="method 'cmc'"):
+        gpu_augment.check_augment_on("gpu", "cmc")
+    assert gpu_augment.canvas_size("imagefolder", 224, 224) == 448
+    assert gpu_augment.canvas_size("fashion_mnist", 28, 64) == 28
