@@ -28,11 +28,11 @@ def fashion_mnist_root():
     into the project cache by tools/setup_env.sh."""
     cache = Path(os.environ.get("RINGNCE_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
     unpacked = cache / "debian" / "dataset-fashion-mnist" / FASHION_MNIST_ROOT.lstrip("/")
-    return (
-        unpacked
-        if not Path(FASHION_MNIST_ROOT).is_dir() and unpacked.is_dir()
-        else Path(FASHION_MNIST_ROOT)
-    )
+    system = Path(FASHION_MNIST_ROOT)
+    first_file = "train-images-idx3-ubyte.gz"  # a folder alone may be an emptied package's
+    if not (system / first_file).is_file() and (unpacked / first_file).is_file():
+        return unpacked
+    return system
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
