@@ -14,6 +14,8 @@ runs out of time is reported as such and the next one runs.
 - ``throughput``: ``benchmarks/train_throughput.py --preset gpu``: MoCo v2 and Ring-MoCo v2,
   ResNet-50, 224 px, batch 256, queue 65,536, bf16 + channels_last, synthetic vs loader-fed
   through the trainer's own dataset, augmentation and loader (images/s, data wait share);
+- ``augment_cost``: ``benchmarks/augment_cost.py``: ms per image of one MoCo v2 view, PIL on a
+  core vs ``pretrain.gpu_augment`` batched on the GPU (``data.augment_on: gpu``);
 - ``bf16_agreement``: the MoCo loss of one batch under bf16 autocast vs fp32 (TF32 off),
   uniform and ring, from the same weights;
 - ``resume_convert``: ``pretrain.trainer.train`` for 100 steps straight, and 50 + stop +
@@ -53,23 +55,25 @@ LIMITS = {
     "gpu": {
         "environment": 40,  # first imports compile the carried packages (no .pyc travels)
         "ring_selection": 35,
-        "throughput": 110,
+        "throughput": 100,
+        "augment_cost": 25,
         "bf16_agreement": 30,
         "resume_convert": 50,
-        "detectron2": 85,
+        "detectron2": 80,
         "study": 420,
     },
     "tiny": {
         "environment": 240,  # a loaded 2-core machine took over 60 s to import it all
         "ring_selection": 120,
         "throughput": 120,
+        "augment_cost": 120,
         "bf16_agreement": 120,
         "resume_convert": 240,
         "detectron2": 400,
         "study": 600,
     },
 }
-CHECK_PARTS = ("environment", "ring_selection", "throughput", "bf16_agreement")
+CHECK_PARTS = ("environment", "ring_selection", "throughput", "augment_cost", "bf16_agreement")
 CHECK_PARTS += ("resume_convert", "detectron2")
 
 

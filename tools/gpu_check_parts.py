@@ -94,6 +94,16 @@ def throughput(mode, work_dir):
     return {"headline": headline, "report": report}
 
 
+def augment_cost(mode, work_dir):
+    if mode == "gpu":
+        argv = ["--devices", "cuda", "--batch", "128", "--repeats", "3"]
+    else:
+        argv = ["--preset", "smoke", "--devices", "cpu"]
+    report = benchmark_json("augment_cost", argv, work_dir)
+    (per_image_ms,) = report["rows"]
+    return {"headline": {f"{k} ms/img": v for k, v in per_image_ms.items()}, "report": report}
+
+
 def agreement_config(mode, sampler):
     from pretrain.trainer import as_config
 
@@ -303,6 +313,7 @@ PARTS = {
     "environment": environment,
     "ring_selection": ring_selection,
     "throughput": throughput,
+    "augment_cost": augment_cost,
     "bf16_agreement": bf16_agreement,
     "resume_convert": resume_convert,
     "detectron2": detectron2,

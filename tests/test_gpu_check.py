@@ -1,0 +1,63 @@
+"""tools/gpu_check.py: ``--tiny`` runs every part of the device check on the CPU, so the check
+cannot rot between the rare GPU sessions; a failing or hanging part is reported, not fatal."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+import gpu_check  # noqa: E402
+
+
+@pytest.mark.slow
+def test_tiny_check_runs_every_part_on_the_cpu(tmp_path):
+    report_path = tmp_path / "gpu_check.json"
+    command = [sys.executable, str(REPO / "tools" / "gpu_check.py"), "--tiny"]
+    command += ["--json", str(report_path), "--work-dir", str(tmp_path / "work")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    parts = json.loads(report_path.read_text())["parts"]
+    failed = {name: part.get("error") for name, part in parts.items() if part["status"] != "ok"}
+    assert done.returncode == 0 and not failed, (failed, done.stderr[-2000:])
+    assert list(parts) == list(gpu_check.CHECK_PARTS)
+    assert "environment" in done.stdout and "detectron2" in done.stdout  # the table
+    assert parts["environment"]["imports"]["detectron2"] is True
+    assert {row["shape"] for row in parts["ring_selection"]["report"]["rows"]} == {"moco", "ir60k"}
+    rows = parts["throughput"]["report"]["rows"]
+    assert {row["method"] for row in rows} == {"moco", "ring-moco"}
+    assert all(row["synthetic_images_per_second"] > 0 for row in rows)
+    assert set(parts["augment_cost"]["report"]["rows"][0]) == {"pil", "jpeg_canvas", "batched_cpu"}
+    for sampler in ("uniform", "ring"):
+        assert parts["bf16_agreement"][sampler]["relative"] < 0.02
+        assert parts["bf16_agreement"][sampler]["bf16"] != parts["bf16_agreement"][sampler]["fp32"]
+    assert parts["resume_convert"]["headline"]["max parameter gap"] == 0
+    assert (tmp_path / "work" / "converted.pkl").is_file()
+    assert set(parts["detectron2"]["mask"]["results"]) == {"bbox", "segm"}
+    assert set(parts["detectron2"]["keypoint"]["results"]) == {"bbox", "keypoints"}
+
+
+def test_a_failing_part_is_reported_with_its_reason(tmp_path):
+    # the Detectron2 part needs the weights the resume_convert part writes
+    result = gpu_check.run_part("detectron2", "tiny", tmp_path, limit=300)
+    assert result["status"] == "failed"
+    assert "converted.pkl" in result["error"] and "resume_convert" in result["error"]
+
+
+def test_a_part_over_its_limit_is_stopped_and_reported(tmp_path):
+    result = gpu_check.run_part("environment", "tiny", tmp_path, limit=1)
+    assert result["status"] == "timeout" and "1 s limit" in result["error"]
+    assert result["seconds"] < 30
+
+
+def test_the_gpu_check_without_a_gpu_is_one_line_with_the_fix(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert gpu_check.main(["--work-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no CUDA GPU is visible; run with --tiny to check on the CPU"
+    )
