@@ -5,17 +5,15 @@ an order rotated per repetition, so slow drift (other processes, thermal state, 
 warm-up) falls on all variants alike; medians then ignore the odd disturbed repetition.
 """
 
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from pretrain.atomic_write import write_json_atomic
 from pretrain.errors import PretrainError
 
 
@@ -104,12 +102,7 @@ def load_warning(facts):
 
 def write_json(data, path):
     """Write ``data`` to ``path`` atomically (a crash never leaves half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def finish_run(name, args, settings, facts_before, rows):

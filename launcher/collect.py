@@ -18,6 +18,7 @@ from pathlib import Path
 from launcher.errors import LauncherError
 from launcher.stats import MeanCI, mean_confidence_interval, paired_difference_ci
 from launcher.sweep import JOB_FILE, RESULTS_FILE, Run, planned_runs, read_spec
+from pretrain.atomic_write import atomic_write, write_text_atomic
 
 GROUPS = ("bbox", "segm", "keypoints")
 METRICS = ("AP", "AP50", "AP75")
@@ -279,20 +280,19 @@ def write_csv(board, path):
     """One row per checkpoint x task x metric (long format: easy to filter and plot)."""
     header = ["checkpoint", "task", "group", "metric", "mean", "ci_low", "ci_high", "n"]
     header += ["baseline", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_n"]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for checkpoint in board.spec["checkpoints"]:
-            for column in board.columns:
-                if (checkpoint, column) not in board.summaries:
-                    continue
-                row = [checkpoint, *column, *interval_fields(board.summaries[(checkpoint, column)])]
-                if (checkpoint, column) in board.differences:
-                    row += [
-                        board.baseline,
-                        *interval_fields(board.differences[(checkpoint, column)]),
-                    ]
-                writer.writerow(row)
+    rows = [header]
+    for checkpoint in board.spec["checkpoints"]:
+        for column in board.columns:
+            if (checkpoint, column) not in board.summaries:
+                continue
+            row = [checkpoint, *column, *interval_fields(board.summaries[(checkpoint, column)])]
+            if (checkpoint, column) in board.differences:
+                row += [
+                    board.baseline,
+                    *interval_fields(board.differences[(checkpoint, column)]),
+                ]
+            rows.append(row)
+    atomic_write(path, lambda handle: csv.writer(handle).writerows(rows))
 
 
 def bars(axes, board, cells, rows, ylabel):
@@ -332,7 +332,7 @@ def write_chart(board, path):
         bars(axes[1][0], board, board.differences, others, f"AP − {board.baseline} (paired)")
         axes[1][0].axhline(0.0, color="black", linewidth=0.8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120), binary=True)
     plt.close(figure)
 
 
@@ -346,7 +346,7 @@ def write_reports(sweep_dirs, baseline=None, output_dir=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     board = leaderboard(sweep_dirs, baseline)
     markdown = markdown_report(board)
-    (output_dir / "results.md").write_text(markdown)
+    write_text_atomic(output_dir / "results.md", markdown)
     write_csv(board, output_dir / "results.csv")
     write_chart(board, output_dir / "results.png")
     return markdown, board.missing

@@ -16,6 +16,8 @@ from pathlib import Path
 import submitit
 import torch
 
+from pretrain.atomic_write import atomic_write
+
 CHECKPOINT_NAME = "probe_checkpoint.pt"
 FEATURES, CLASSES, SAMPLES, BATCH = 32, 4, 512, 64
 
@@ -32,9 +34,7 @@ def weights_digest(weights):
 
 
 def save_atomically(state, path):
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
+    atomic_write(path, lambda handle: torch.save(state, handle), binary=True)
 
 
 def read_progress(workdir):

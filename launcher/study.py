@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -22,6 +20,7 @@ import submitit
 
 from launcher.errors import LauncherError
 from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
+from pretrain.atomic_write import atomic_write, write_text_atomic
 from pretrain.errors import PretrainError
 
 # Arms: a negative strategy (sampler.name), optionally a variant after a dash (ring-anneal);
@@ -400,15 +399,6 @@ def failures_section(summaries: Sequence[MethodSummary]) -> str:
     )
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide a shared report from other users
-    os.replace(tmp, path)
-
-
 ARM_COLOURS = ("#8c8c8c", "#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#2e933c")
 
 
@@ -455,11 +445,8 @@ def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(f"negative strategies (mean ± {confidence:.0%} CI over seeds)")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120), binary=True)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(

@@ -9,11 +9,11 @@ content is plain tensors and Python containers, so ``torch.load(weights_only=Tru
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
+from pretrain.atomic_write import TEMP_SUFFIX, atomic_write
 from pretrain.errors import PretrainError
 
 FORMAT = "ring-nce-pretrain"
@@ -31,26 +31,10 @@ def epoch_path(output_dir, epoch):
     return checkpoint_dir(output_dir) / f"epoch_{epoch:04d}.pth"
 
 
-def atomic_torch_save(obj, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide checkpoints from collaborators
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def point_last_at(path):
     """Atomically make ``last.pth`` (beside ``path``) a relative symlink to it."""
     link = path.parent / LAST
-    tmp = path.parent / f".{LAST}.{os.getpid()}.tmp"
+    tmp = path.parent / f".{LAST}.{os.getpid()}{TEMP_SUFFIX}"
     tmp.unlink(missing_ok=True)
     os.symlink(path.name, tmp)
     os.replace(tmp, link)
@@ -60,7 +44,7 @@ def save_checkpoint(checkpoint, output_dir, epoch):
     """Write ``epoch_XXXX.pth`` atomically, then repoint ``last.pth``; returns the path."""
     checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
     path = epoch_path(output_dir, epoch)
-    atomic_torch_save(checkpoint, path)
+    atomic_write(path, lambda handle: torch.save(checkpoint, handle), binary=True)
     point_last_at(path)
     return path
 

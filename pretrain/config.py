@@ -6,12 +6,11 @@ keys), so a typo is an error that names the nearest valid key instead of being i
 """
 
 import difflib
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from pretrain.atomic_write import atomic_write
 from pretrain.errors import RingNCEError
 
 BASE_KEY = "_base_"
@@ -194,10 +193,5 @@ def load_config(path, overrides=(), schema=None):
 
 def save_config(cfg, path):
     """Write the resolved config atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: yaml.safe_dump(data, handle, sort_keys=False))

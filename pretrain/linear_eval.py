@@ -16,10 +16,7 @@ suits encoders whose feature scales differ by orders of magnitude.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +27,7 @@ from torch import nn
 from torchvision import transforms
 
 from pretrain import data, knn
+from pretrain.atomic_write import write_json_atomic
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import load_checkpoint
 from pretrain.config import Config, parse_override, set_dotted, to_config, validate
@@ -479,13 +477,3 @@ def raw_pixel_floor(source: data.Source, options: Config) -> dict:
         options.knn_k,
         options.knn_temperature,
     )
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(payload, handle, indent=1, default=str)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the result from other users
-    os.replace(tmp, path)

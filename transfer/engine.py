@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import transfer.modeling  # noqa: F401  (registers our backbones and ROI heads)
+from pretrain.atomic_write import write_json_atomic
 from transfer.config import TransferError, build_config, notice
 from transfer.datasets import prepare_datasets
 from transfer.evaluation import FasterCOCOEvaluator
@@ -149,9 +149,7 @@ def task_results(evaluation, cfg):
 
 def write_results(output_dir, results):
     path = Path(output_dir) / RESULTS_FILE
-    with tempfile.NamedTemporaryFile("w", dir=output_dir, suffix=".tmp", delete=False) as tmp:
-        json.dump(results, tmp, indent=2)
-    os.replace(tmp.name, path)
+    write_json_atomic(path, results)
     notice(f"wrote {path}: " + ", ".join(f"{t} AP {r.get('AP')}" for t, r in results.items()))
 
 
