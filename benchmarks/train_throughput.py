@@ -6,7 +6,9 @@
 
 A step is what ``pretrain.trainer`` does per batch: the project's MoCo method (query forward,
 momentum update, shuffle-BN keys, queue, sampler, InfoNCE) under bf16 autocast and
-channels_last on a GPU, backward, SGD step, and the trainer's ``loss.item()``. It is fed two ways:
+channels_last on a GPU, backward, SGD and schedule step: ``pretrain.trainer.train_step``, which
+reads nothing back to the host (the trainer checks the loss every ``log_every_steps``). It is fed
+two ways:
 
 - ``synthetic``: two fixed random view batches already on the device (the model's ceiling);
 - ``loader``: the trainer's own DataLoader (``pretrain.trainer.train_loader``) over the
@@ -44,7 +46,14 @@ from pretrain.distributed import DistInfo
 from pretrain.errors import PretrainError, one_line_errors
 from pretrain.methods import build_method
 from pretrain.samplers import NegativeSampler
-from pretrain.trainer import as_config, build_datasets, train_loader
+from pretrain.trainer import (
+    as_config,
+    build_datasets,
+    build_optimization,
+    train_loader,
+    train_step,
+    views_on_device,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
 from timing import finish_run, machine_facts, median, synchronize  # noqa: E402
@@ -164,44 +173,34 @@ def benchmark_config(preset, sampler_name, data_name, data_root, workers):
 
 
 class Trainee:
-    """One method's model, optimizer and sampler, stepped as ``pretrain.trainer`` does."""
+    """One method's model, optimizer and sampler, stepped by ``pretrain.trainer.train_step``
+    itself (the benchmark times the trainer's own step, not a copy)."""
 
     def __init__(self, cfg, num_samples, device):
         self.device = device
         on_gpu = device.type == "cuda"
-        self.memory_format = torch.channels_last if on_gpu and cfg.train.channels_last else None
+        channels_last = on_gpu and cfg.train.channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.method = build_method(cfg, num_samples, 3, cfg.data.name).to(device)
-        if self.memory_format is not None:
-            self.method.to(memory_format=self.memory_format)
+        if channels_last:
+            self.method.to(memory_format=torch.channels_last)
         self.method.train()
-        self.optimizer = torch.optim.SGD(
-            [p for p in self.method.parameters() if p.requires_grad],
-            lr=cfg.optim.lr,
-            momentum=cfg.optim.momentum,
-            weight_decay=cfg.optim.weight_decay,
-        )
+        steps_per_epoch = max(1, num_samples // cfg.optim.batch_size)
+        self.optimizer, self.scheduler = build_optimization(cfg, self.method, steps_per_epoch)
         self.sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
         self.use_amp = on_gpu and cfg.train.amp
 
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
+
     def to_device(self, views):
-        if self.memory_format is None:
-            return [v.to(self.device, non_blocking=True) for v in views]
-        return [
-            v.to(self.device, non_blocking=True, memory_format=self.memory_format) for v in views
-        ]
+        return views_on_device(views, self.device, self.memory_format)
 
     def step(self, views, indices):
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.use_amp else nullcontext()
-        with autocast:
-            loss, _ = self.method(views, indices, self.sampler)
-        # The trainer's two GPU syncs per step: the finiteness check before backward, and
-        # reading the loss after the update.
-        if not torch.isfinite(loss):
-            raise PretrainError(f"loss became {loss.item()} in the benchmark step")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
+        loss, _ = train_step(
+            self.method, views, indices, self.sampler, self.optimizer, self.scheduler, self.autocast
+        )
+        return loss
 
 
 # ---- measurement ---------------------------------------------------------------------------

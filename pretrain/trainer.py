@@ -5,11 +5,8 @@ data order from the same seed, so a run resumed at an epoch boundary replays exa
 uninterrupted run does (same weights on CPU). RNG states are still saved for inspection.
 """
 
-import json
-import os
 import random
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,8 +18,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt
+from pretrain.atomic_write import remove_stale_temp_files, write_json_atomic
 from pretrain.backbones import backbone_state_dict
-from pretrain.config import Config, ConfigError, load_config, save_config, to_config, validate
+from pretrain.config import Config, load_config, save_config, to_config, validate
 from pretrain.data import (
     MultiView,
     augmentation,
@@ -171,16 +169,6 @@ def check_batch(cfg, dataset_size, world_size):
     return batch // world_size
 
 
-def check_negatives(cfg):
-    """The candidate pool must exist: a bank draw needs images, a queue needs a size."""
-    if cfg.method in ("ir", "cmc") and cfg[cfg.method].num_negatives < 1:
-        raise PretrainError(f"{cfg.method}.num_negatives must be >= 1")
-    if cfg.method == "moco" and cfg.moco.queue_size < 1:
-        raise PretrainError("moco.queue_size must be >= 1")
-    if cfg.method == "simclr" and cfg.optim.batch_size < 2:
-        raise PretrainError("simclr needs optim.batch_size >= 2 for in-batch negatives")
-
-
 # ---- checkpoint state ----------------------------------------------------------------------
 
 
@@ -220,15 +208,6 @@ def training_state(meta, method, optimizer, scheduler, cfg, epoch, global_step, 
     }
 
 
-def write_step_scalars(writer, step, loss, lr, throughput, stats, sampler_stats):
-    writer.add_scalar("train/loss", loss, step)
-    writer.add_scalar("train/lr", lr, step)
-    writer.add_scalar("train/images_per_second", throughput, step)
-    writer.add_scalar("train/negatives_per_anchor", stats["negatives_per_anchor"], step)
-    for name, value in sampler_stats.items():
-        writer.add_scalar(f"train/{name}", value, step)
-
-
 def restore(checkpoint, path, method, optimizer, scheduler):
     try:
         method.load_state_dict(checkpoint["model"])
@@ -251,13 +230,6 @@ def find_resume(cfg):
     if resume == "auto":
         return ckpt.latest_good_checkpoint(cfg.output_dir)
     return Path(resume), ckpt.load_checkpoint(resume)
-
-
-def write_json_atomic(data, path):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 # ---- monitor -------------------------------------------------------------------------------
@@ -285,47 +257,88 @@ def due(epoch_done, every, last_epoch):
     return epoch_done == last_epoch or (every > 0 and epoch_done % every == 0)
 
 
-# ---- the loop ------------------------------------------------------------------------------
+# ---- one step -------------------------------------------------------------------------------
 
 
-def train(cfg):
-    """Pretrain as ``cfg`` says; returns the final metrics (see docs/design.md)."""
-    cfg = as_config(cfg)
-    method_class(cfg.method)
-    # config errors before any data is read
-    sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
-    info = init_distributed(cfg.device)
-    seed_everything(epoch_seed(cfg.seed, 0, info.rank))
-    source = load_source(cfg.data)
-    train_set, monitor_train, monitor_test = build_datasets(cfg, cfg.method, source)
-    batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
-    check_negatives(cfg)
-    method = build_method(cfg, len(train_set), source.channels, source.name)
-    sampler.check_pool(*method.negative_pool())  # before anything is written
-    on_gpu = info.device.type == "cuda"
-    if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    method.to(info.device)
-    # labels for the false-negative monitor only: the method and the loss never see them
-    false_negatives = FalseNegativeMonitor(train_set.labels.to(info.device))
-    if on_gpu and cfg.train.channels_last:
-        method.to(memory_format=torch.channels_last)
-    channels_last = on_gpu and cfg.train.channels_last
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
-    use_amp = on_gpu and cfg.train.amp
+def views_on_device(views, device, memory_format):
+    """A loader batch's views as device tensors (where on-device augmentation would start)."""
+    return [v.to(device, non_blocking=True, memory_format=memory_format) for v in views]
 
-    def autocast():
-        if use_amp:
+
+def train_step(model, views, indices, sampler, optimizer, scheduler, autocast):
+    """One optimisation step; returns the detached loss and the method's stats.
+
+    No host sync: the loss stays on the device, and the caller checks it only every
+    ``train.log_every_steps`` steps (a sync per step would stall the GPU's queue).
+    """
+    with autocast():
+        loss, stats = model(views, indices, sampler)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), stats
+
+
+def numeric_scalars(stats):
+    """Every number (Python or 0-d tensor) among a method's stats; no name is special."""
+    found = {}
+    for name, value in stats.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            found[name] = value.detach().float().reshape(())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[name] = float(value)
+    return found
+
+
+class ScalarSums:
+    """Running sums of the loss and of the stats' scalars, on the device until ``means``."""
+
+    def __init__(self):
+        self.sums, self.steps = {}, 0
+
+    def add(self, scalars):
+        self.steps += 1
+        for name, value in scalars.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+
+    def means(self):
+        """Host floats (one read per name), then start over."""
+        means = {name: float(total) / max(self.steps, 1) for name, total in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        return means
+
+
+def check_finite(loss, epoch, step, lr, output_dir):
+    if not np.isfinite(loss):
+        raise PretrainError(
+            f"loss became {loss} at epoch {epoch + 1} by step {step + 1} (lr {lr:.3g}); lower "
+            f"optim.lr or add optim.warmup_epochs; checkpoints so far are kept in {output_dir}"
+        )
+
+
+# ---- build --------------------------------------------------------------------------------
+
+
+class Training:
+    """Everything a run builds once, before its first epoch (see ``build_training``)."""
+
+    def __init__(self, **parts):
+        self.__dict__.update(parts)
+
+    def autocast(self):
+        if self.use_amp:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
+
+def build_optimization(cfg, method, steps_per_epoch):
     optimizer = torch.optim.SGD(
         [p for p in method.parameters() if p.requires_grad],
         lr=cfg.optim.lr,
         momentum=cfg.optim.momentum,
         weight_decay=cfg.optim.weight_decay,
     )
-    steps_per_epoch = len(train_set) // cfg.optim.batch_size
     total_steps = steps_per_epoch * cfg.optim.epochs
     milestone_steps = [round(m * steps_per_epoch) for m in cfg.optim.milestones]
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -336,153 +349,268 @@ def train(cfg):
         ),
     )
     lr_factor(0, total_steps, warmup_steps, cfg.optim.schedule)  # names a bad schedule early
+    return optimizer, scheduler
 
-    output_dir = Path(cfg.output_dir)
+
+def build_training(cfg):
+    """Config checks first, then data, method, optimizer: nothing is written here."""
+    sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
+    info = init_distributed(cfg.device)
+    seed_everything(epoch_seed(cfg.seed, 0, info.rank))
+    source = load_source(cfg.data)
+    train_set, monitor_train, monitor_test = build_datasets(cfg, cfg.method, source)
+    batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
+    method_class(cfg.method).check_config(cfg, len(train_set))
+    method = build_method(cfg, len(train_set), source.channels, source.name)
+    sampler.check_pool(*method.negative_pool())
+    on_gpu = info.device.type == "cuda"
+    if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    method.to(info.device)
+    channels_last = on_gpu and cfg.train.channels_last
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_set) // cfg.optim.batch_size
+    optimizer, scheduler = build_optimization(cfg, method, steps_per_epoch)
+    return Training(
+        cfg=cfg,
+        info=info,
+        source=source,
+        sampler=sampler,
+        method=method,
+        model=method,
+        train_set=train_set,
+        monitor_train=monitor_train,
+        monitor_test=monitor_test,
+        batch_per_rank=batch_per_rank,
+        steps_per_epoch=steps_per_epoch,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        memory_format=torch.channels_last if channels_last else torch.preserve_format,
+        use_amp=on_gpu and cfg.train.amp,
+        # labels for the false-negative monitor only: the method and the loss never see them
+        false_negatives=FalseNegativeMonitor(train_set.labels.to(info.device)),
+        meta=checkpoint_meta(cfg, method, source, cfg.data.image_size or source.image_size),
+    )
+
+
+def wrap_distributed(run):
+    if run.info.world_size > 1:
+        on_gpu = run.info.device.type == "cuda"
+        run.model = DistributedDataParallel(
+            run.method,
+            device_ids=[run.info.local_rank] if on_gpu else None,
+            broadcast_buffers=False,
+        )
+        broadcast_buffers_(run.method)  # one bank/queue for all ranks from the start
+
+
+# ---- one epoch ----------------------------------------------------------------------------
+
+
+def log_window(run, writer, window, epoch, step, global_step, throughput, progress):
+    """Read the last window's sums (the only host sync of the loop), check the loss, log."""
+    means = window.means()
+    lr = run.scheduler.get_last_lr()[0]
+    check_finite(means["loss"], epoch, step, lr, run.cfg.output_dir)
+    progress.set_postfix(loss=f"{means['loss']:.3f}", img_s=f"{throughput:.0f}", lr=f"{lr:.3g}")
+    if writer is not None:
+        scalars = {**means, "lr": lr, "images_per_second": throughput, **run.sampler.stats()}
+        for name, value in scalars.items():
+            writer.add_scalar(f"train/{name}", value, global_step)
+    return means
+
+
+def run_epoch(run, epoch, global_step, writer):
+    """One pass over the data; returns the epoch's mean scalars and the new global step."""
+    cfg, info = run.cfg, run.info
+    seed_everything(epoch_seed(cfg.seed, epoch + 1, info.rank))
+    loader = train_loader(run.train_set, run.batch_per_rank, epoch, cfg, info)
+    run.method.train()
+    progress = tqdm(
+        total=run.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+        disable=not (info.is_main and cfg.train.progress),
+        file=sys.stderr,
+        dynamic_ncols=True,
+        leave=False,
+    )
+    window, epoch_sums = ScalarSums(), {}
+    images, started = 0, time.perf_counter()
+    for step, (views, _, indices) in enumerate(loader):
+        run.sampler.set_epoch(epoch + step / run.steps_per_epoch)
+        views = views_on_device(views, info.device, run.memory_format)
+        loss, stats = train_step(
+            run.model,
+            views,
+            indices.to(info.device),
+            run.sampler,
+            run.optimizer,
+            run.scheduler,
+            run.autocast,
+        )
+        negatives_seen = stats.pop("monitor")
+        if step % cfg.train.log_every_steps == 0:  # a sample of steps: it costs a gather
+            run.false_negatives.update(negatives_seen)
+        window.add({"loss": loss, **numeric_scalars(stats)})
+        global_step += 1
+        images += cfg.optim.batch_size
+        if global_step % cfg.train.log_every_steps == 0 or step + 1 == run.steps_per_epoch:
+            steps = window.steps
+            throughput = images / max(time.perf_counter() - started, 1e-9)
+            means = log_window(run, writer, window, epoch, step, global_step, throughput, progress)
+            for name, value in means.items():
+                epoch_sums[name] = epoch_sums.get(name, 0.0) + value * steps
+        progress.update(1)
+    progress.close()
+    epoch_means = {name: total / max(run.steps_per_epoch, 1) for name, total in epoch_sums.items()}
+    epoch_means["loss"] = all_reduce_mean(epoch_means.get("loss", float("nan")))
+    epoch_means["images_per_second"] = images / max(time.perf_counter() - started, 1e-9)
+    return epoch_means, global_step
+
+
+# ---- monitor and save ---------------------------------------------------------------------
+
+
+def monitor(run, epoch_done, metrics, writer, global_step):
+    """kNN top-1 when due (rank 0 embeds; the others wait at the barrier) and the epoch line."""
+    cfg, info = run.cfg, run.info
+    if writer is not None:
+        for name in ("false_negative_share", "false_negative_weight_share"):
+            if name in metrics:
+                writer.add_scalar(f"monitor/{name}", metrics[name], global_step)
+    monitored = due(epoch_done, cfg.knn.every_epochs, cfg.optim.epochs)
+    if monitored and info.is_main:
+        metrics["knn_top1"] = knn_monitor(
+            run.method,
+            run.monitor_train,
+            run.monitor_test,
+            run.source.num_classes,
+            cfg,
+            info.device,
+            run.autocast,
+        )
+        if writer is not None:
+            writer.add_scalar("knn/top1", metrics["knn_top1"], global_step)
+    barrier()
+    if info.is_main:
+        knn_text = f" knn_top1 {metrics['knn_top1']:.4f}" if monitored else ""
+        print(
+            f"epoch {epoch_done}/{cfg.optim.epochs} loss {metrics['loss']:.4f} "
+            f"{metrics['images_per_second']:.0f} img/s{knn_text}",
+            file=sys.stderr,
+        )
+
+
+def save(run, epoch_done, global_step, metrics, stop_epoch):
+    """The epoch's checkpoint when due (rank 0 writes; all wait); returns its path or None."""
+    if not (
+        due(epoch_done, run.cfg.checkpoint.every_epochs, run.cfg.optim.epochs)
+        or epoch_done == stop_epoch
+    ):
+        return None
+    path = None
+    if run.info.is_main:
+        state = training_state(
+            run.meta,
+            run.method,
+            run.optimizer,
+            run.scheduler,
+            run.cfg,
+            epoch_done,
+            global_step,
+            metrics,
+        )
+        path = ckpt.save_checkpoint(state, Path(run.cfg.output_dir), epoch_done)
+    barrier()
+    return path
+
+
+def final_metrics(run, metrics, start_epoch, global_step, checkpoint_path):
+    return {
+        **metrics,
+        "epoch": metrics.get("epoch", start_epoch),
+        "global_step": global_step,
+        "finished": metrics.get("epoch", start_epoch) >= run.cfg.optim.epochs,
+        "checkpoint": str(checkpoint_path) if checkpoint_path else None,
+        "output_dir": str(run.cfg.output_dir),
+        # per rank: equal digests across ranks show the replicas (weights, bank, queue) agree
+        "rank": run.info.rank,
+        "replicated_digest": replicated_state_digest(run.method),
+    }
+
+
+# ---- the loop ------------------------------------------------------------------------------
+
+
+def start_output(run, global_step):
+    """The run's folder: stale temp files of a killed write removed, config written, writer."""
+    output_dir = Path(run.cfg.output_dir)
+    if not run.info.is_main:
+        return None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # a killed run's half-written files; only the main rank writes in these folders
+    remove_stale_temp_files(output_dir, ckpt.checkpoint_dir(output_dir))
+    save_config(run.cfg, output_dir / CONFIG_NAME)
+    if not run.cfg.train.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(output_dir / "tensorboard"), purge_step=global_step)
+
+
+def train(cfg):
+    """Pretrain as ``cfg`` says; returns the final metrics (see docs/design.md).
+
+    ``metrics.json`` is rewritten after every epoch; its ``history`` holds each epoch's mean of
+    every scalar the method reports (e.g. negatives_per_anchor) and the monitors' shares.
+    """
+    cfg = as_config(cfg)
+    method_class(cfg.method)  # an unknown method is named before any data is read
+    run = build_training(cfg)
     start_epoch, global_step, metrics = 0, 0, {}
     resume_path, checkpoint = find_resume(cfg)
     if checkpoint is not None:
         start_epoch, global_step, metrics = restore(
-            checkpoint, resume_path, method, optimizer, scheduler
+            checkpoint, resume_path, run.method, run.optimizer, run.scheduler
         )
-        if info.is_main:
+        if run.info.is_main:
             print(f"resumed from {resume_path} (epoch {start_epoch})", file=sys.stderr)
-    if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / CONFIG_NAME)
-    writer = None
-    if info.is_main and cfg.train.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=global_step)
-    model = method
-    if info.world_size > 1:
-        model = DistributedDataParallel(
-            method, device_ids=[info.local_rank] if on_gpu else None, broadcast_buffers=False
-        )
-        broadcast_buffers_(method)  # one bank/queue for all ranks from the start
-    image_size = cfg.data.image_size or source.image_size
-    meta = checkpoint_meta(cfg, method, source, image_size)
-    last_epoch = cfg.optim.epochs
-    stop_epoch = min(last_epoch, cfg.train.stop_after_epoch or last_epoch)
+    writer = start_output(run, global_step)
+    wrap_distributed(run)
+    stop_epoch = min(cfg.optim.epochs, cfg.train.stop_after_epoch or cfg.optim.epochs)
     checkpoint_path = resume_path
-
     try:
         for epoch in range(start_epoch, stop_epoch):
-            seed_everything(epoch_seed(cfg.seed, epoch + 1, info.rank))
-            loader = train_loader(train_set, batch_per_rank, epoch, cfg, info)
-            method.train()
-            progress = tqdm(
-                total=steps_per_epoch,
-                desc=f"epoch {epoch + 1}/{last_epoch}",
-                disable=not (info.is_main and cfg.train.progress),
-                file=sys.stderr,
-                dynamic_ncols=True,
-                leave=False,
-            )
-            loss_sum, images, started = 0.0, 0, time.perf_counter()
-            for step, (views, _, indices) in enumerate(loader):
-                sampler.set_epoch(epoch + step / steps_per_epoch)
-                views = [
-                    v.to(info.device, non_blocking=True, memory_format=memory_format) for v in views
-                ]
-                with autocast():
-                    loss, stats = model(views, indices.to(info.device), sampler)
-                negatives_seen = stats.pop("monitor")
-                if step % cfg.train.log_every_steps == 0:  # a sample of steps: it costs a gather
-                    false_negatives.update(negatives_seen)
-                if not torch.isfinite(loss):
-                    raise PretrainError(
-                        f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1} "
-                        f"(lr {scheduler.get_last_lr()[0]:.3g}); lower optim.lr or add "
-                        f"optim.warmup_epochs; checkpoints so far are kept in {output_dir}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                global_step += 1
-                loss_sum += loss.item()
-                images += cfg.optim.batch_size
-                throughput = images / max(time.perf_counter() - started, 1e-9)
-                if global_step % cfg.train.log_every_steps == 0 or step + 1 == steps_per_epoch:
-                    progress.set_postfix(
-                        loss=f"{loss.item():.3f}",
-                        img_s=f"{throughput:.0f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.3g}",
-                    )
-                    if writer is not None:
-                        write_step_scalars(
-                            writer,
-                            global_step,
-                            loss.item(),
-                            scheduler.get_last_lr()[0],
-                            throughput,
-                            stats,
-                            sampler.stats(),
-                        )
-                progress.update(1)
-            progress.close()
+            epoch_means, global_step = run_epoch(run, epoch, global_step, writer)
             epoch_done = epoch + 1
+            scalars = {
+                **epoch_means,
+                **run.false_negatives.epoch_stats(),
+                **run.sampler.stats(),
+            }
+            history = [*metrics.get("history", []), {"epoch": epoch_done, **scalars}]
             metrics = {
                 "epoch": epoch_done,
                 "global_step": global_step,
-                "loss": all_reduce_mean(loss_sum / max(steps_per_epoch, 1)),
-                "images_per_second": images / max(time.perf_counter() - started, 1e-9),
                 "knn_top1": metrics.get("knn_top1"),
-                "negatives_per_anchor": stats["negatives_per_anchor"],
-                **false_negatives.epoch_stats(),
-                **sampler.stats(),
+                **scalars,
+                "history": history,
             }
-            if writer is not None:
-                for name in ("false_negative_share", "false_negative_weight_share"):
-                    if name in metrics:
-                        writer.add_scalar(f"monitor/{name}", metrics[name], global_step)
-            monitored = due(epoch_done, cfg.knn.every_epochs, last_epoch)
-            if monitored and info.is_main:
-                # rank 0 alone embeds the monitor sets; the others wait at the barrier below
-                metrics["knn_top1"] = knn_monitor(
-                    method,
-                    monitor_train,
-                    monitor_test,
-                    source.num_classes,
-                    cfg,
-                    info.device,
-                    autocast,
+            monitor(run, epoch_done, metrics, writer, global_step)
+            history[-1]["knn_top1"] = metrics["knn_top1"]
+            checkpoint_path = save(run, epoch_done, global_step, metrics, stop_epoch) or (
+                checkpoint_path
+            )
+            if run.info.is_main:
+                write_json_atomic(
+                    Path(cfg.output_dir) / METRICS_NAME,
+                    final_metrics(run, metrics, start_epoch, global_step, checkpoint_path),
                 )
-                if writer is not None:
-                    writer.add_scalar("knn/top1", metrics["knn_top1"], global_step)
-            barrier()
-            if info.is_main:
-                knn_text = f" knn_top1 {metrics['knn_top1']:.4f}" if monitored else ""
-                print(
-                    f"epoch {epoch_done}/{last_epoch} loss {metrics['loss']:.4f} "
-                    f"{metrics['images_per_second']:.0f} img/s{knn_text}",
-                    file=sys.stderr,
-                )
-            if due(epoch_done, cfg.checkpoint.every_epochs, last_epoch) or epoch_done == stop_epoch:
-                if info.is_main:
-                    state = training_state(
-                        meta, method, optimizer, scheduler, cfg, epoch_done, global_step, metrics
-                    )
-                    checkpoint_path = ckpt.save_checkpoint(state, output_dir, epoch_done)
-                barrier()
     finally:
         if writer is not None:
             writer.close()
-    result = {
-        **metrics,
-        "epoch": metrics.get("epoch", start_epoch),
-        "global_step": global_step,
-        "finished": metrics.get("epoch", start_epoch) >= last_epoch,
-        "checkpoint": str(checkpoint_path) if checkpoint_path else None,
-        "output_dir": str(output_dir),
-        # per rank: equal digests across ranks show the replicas (weights, bank, queue) agree
-        "rank": info.rank,
-        "replicated_digest": replicated_state_digest(method),
-    }
-    if info.is_main:
-        write_json_atomic(result, output_dir / METRICS_NAME)
+    result = final_metrics(run, metrics, start_epoch, global_step, checkpoint_path)
+    if run.info.is_main:
+        write_json_atomic(Path(cfg.output_dir) / METRICS_NAME, result)
     return result
-
-
-__all__ = ["train", "load_pretrain_config", "ConfigError", "PretrainError"]

@@ -2,6 +2,9 @@
 
 import copy
 import math
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from pretrain import run
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import load_checkpoint
 from pretrain.data import fashion_mnist_root
+from pretrain.errors import PretrainError
 from pretrain.trainer import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -30,7 +34,23 @@ def run_cli(tmp_path, config, *overrides, capsys):
 def test_checkpoint_follows_the_contract(tiny_config):
     tiny_config["optim"]["epochs"] = 1
     tiny_config["knn"]["every_epochs"] = 1
-    metrics = train(tiny_config)
+    # what a killed write of an earlier run left behind, removed when this run starts
+    output_dir = Path(tiny_config["output_dir"])
+    stale = [
+        output_dir / ".metrics.json.x1.tmp",
+        output_dir / "checkpoints" / ".epoch_0001.pth.x2.tmp",
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    previous_umask = os.umask(0o077)  # a strict umask must not hide results from collaborators
+    try:
+        metrics = train(tiny_config)
+    finally:
+        os.umask(previous_umask)
+    assert not any(path.exists() for path in stale)
+    written = [output_dir / "config.yaml", output_dir / "metrics.json", Path(metrics["checkpoint"])]
+    assert [stat.S_IMODE(path.stat().st_mode) for path in written] == [0o644] * 3
     assert 0.0 <= metrics["knn_top1"] <= 1.0 and metrics["finished"]
     checkpoint = load_checkpoint(metrics["checkpoint"])
     meta = checkpoint["meta"]
@@ -184,3 +204,34 @@ def test_ring_moco_on_a_fashion_mnist_slice(tmp_path):
     assert checkpoint["meta"]["dataset"] == "fashion_mnist" and checkpoint["epoch"] == 1
     assert (tmp_path / "ring_moco/config.yaml").is_file()
     assert list((tmp_path / "ring_moco/tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_nan_stops_within_log_every_steps_and_every_stat_is_logged(tiny_config, monkeypatch):
+    """The loss is read on the host once per window: a NaN at step 3 stops the run at the
+    window's end (step 4 with log_every_steps=4), not later; any numeric stat a method returns
+    is averaged into the epoch's history without the trainer knowing its name."""
+    from pretrain.methods.moco import MoCo
+
+    forward = MoCo.forward
+    calls = []
+
+    def forward_with_extra_stat(self, views, indices, sampler):
+        loss, stats = forward(self, views, indices, sampler)
+        calls.append(len(calls))
+        stats["made_up_share"] = torch.tensor(float(len(calls)))
+        return (loss * math.nan if calls[-1] == 2 and poison else loss), stats
+
+    poison = False
+    monkeypatch.setattr(MoCo, "forward", forward_with_extra_stat)
+    tiny_config["optim"]["epochs"] = 1
+    tiny_config["train"]["log_every_steps"] = 4
+    metrics = train(copy.deepcopy(tiny_config))
+    steps = len(calls)  # 64 images / batch 16
+    assert metrics["history"][0]["made_up_share"] == pytest.approx((steps + 1) / 2)
+    assert "negatives_per_anchor" in metrics["history"][0]
+    calls.clear()
+    poison = True
+    tiny_config["output_dir"] += "_nan"
+    with pytest.raises(PretrainError, match=r"loss became nan at epoch 1 by step 4 .*optim.lr"):
+        train(tiny_config)
+    assert len(calls) == 4

@@ -85,6 +85,11 @@ class ContrastiveMethod(nn.Module):
     def encoders(self):
         raise NotImplementedError
 
+    @staticmethod
+    def check_config(cfg, dataset_size):
+        """Refuse a config this method cannot train (one-line PretrainError), before any data
+        is read or anything written; each method checks its own keys."""
+
     def negative_pool(self):
         """``(size, what, usual_count)``: candidates ranked per anchor, their name, and the
         uniform arm's negatives per anchor, for ``NegativeSampler.check_pool`` before training."""

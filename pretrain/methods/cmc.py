@@ -9,6 +9,7 @@ drawn images under uniform, as the original. The data pipeline delivers Lab imag
 
 import torch
 
+from pretrain.errors import PretrainError
 from pretrain.methods.base import (
     ContrastiveMethod,
     MemoryBank,
@@ -42,6 +43,11 @@ class CMC(ContrastiveMethod):
 
     def encoders(self):
         return {"l": self.l, "ab": self.ab}
+
+    @staticmethod
+    def check_config(cfg, dataset_size):
+        if cfg.cmc.num_negatives < 1:
+            raise PretrainError("cmc.num_negatives must be >= 1")
 
     def negative_pool(self):
         return self.bank_l.memory.shape[0] - 1, "other bank entries", self.num_candidates

@@ -4,6 +4,7 @@ The positive of an anchor is its own bank entry; its negatives come from the res
 K uniform draws (uniform) or K draws from its similarity ring over the whole bank (ring).
 """
 
+from pretrain.errors import PretrainError
 from pretrain.methods.base import (
     ContrastiveMethod,
     MemoryBank,
@@ -31,6 +32,11 @@ class InstanceRecognition(ContrastiveMethod):
 
     def encoders(self):
         return {"encoder": self.encoder}
+
+    @staticmethod
+    def check_config(cfg, dataset_size):
+        if cfg.ir.num_negatives < 1:
+            raise PretrainError("ir.num_negatives must be >= 1")
 
     def negative_pool(self):
         return self.bank.memory.shape[0] - 1, "other bank entries", self.num_candidates

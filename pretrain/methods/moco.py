@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.distributed import broadcast_, gather_no_grad, local_slice
+from pretrain.errors import PretrainError
 from pretrain.methods.base import (
     ContrastiveMethod,
     backbone_from_config,
@@ -48,6 +49,11 @@ class MoCo(ContrastiveMethod):
 
     def encoders(self):
         return {"query": self.query, "key": self.key}
+
+    @staticmethod
+    def check_config(cfg, dataset_size):
+        if cfg.moco.queue_size < 1:
+            raise PretrainError("moco.queue_size must be >= 1")
 
     def negative_pool(self):
         return self.queue.shape[0], "queue entries", self.queue.shape[0]

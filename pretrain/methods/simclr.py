@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.distributed import gather_no_grad, gather_with_grad, is_distributed
+from pretrain.errors import PretrainError
 from pretrain.losses import in_batch_negative_index, pair_partner
 from pretrain.methods.base import (
     ContrastiveMethod,
@@ -37,6 +38,11 @@ class SimCLR(ContrastiveMethod):
 
     def encoders(self):
         return {"encoder": self.encoder}
+
+    @staticmethod
+    def check_config(cfg, dataset_size):
+        if cfg.optim.batch_size < 2:
+            raise PretrainError("simclr needs optim.batch_size >= 2 for in-batch negatives")
 
     def negative_pool(self):
         size = self.in_batch_negatives
