@@ -14,6 +14,8 @@ setup(
         "numpy>=2",
         "pyyaml",
         "pycocotools",
+        "scipy",  # Student-t intervals (launcher.stats), KS tests
+        "matplotlib",  # study and leaderboard charts
         "submitit>=1.5",
         "tensorboard",
         "tqdm",
