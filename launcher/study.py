@@ -185,8 +185,29 @@ def finished_record(spec: RunSpec) -> RunRecord | None:
     done = eval_path(spec)
     if not done.is_file():
         return None
-    metrics = json.loads(done.read_text())["metrics"]
+    metrics = {**json.loads(done.read_text())["metrics"], **training_scalars(spec)}
     return RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir, metrics)
+
+
+# the machine sets the speed, and the epoch count is the budget, not a result
+NOT_RESULTS = ("epoch", "global_step", "images_per_second")
+TRAINING_PREFIX = "train/"
+
+
+def training_scalars(spec: RunSpec) -> dict:
+    """The last epoch's numeric scalars from the run's metrics.json (loss, and whatever the
+    method and monitors report, e.g. negatives_per_anchor, false_negative_share), as
+    ``train/<name>``; no name is special, so a new strategy's scalar shows up unasked."""
+    path = Path(spec.output_dir) / "metrics.json"
+    history = json.loads(path.read_text()).get("history") if path.is_file() else None
+    last = history[-1] if history else {}
+    return {
+        TRAINING_PREFIX + name: float(value)
+        for name, value in last.items()
+        if isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and name not in NOT_RESULTS
+    }
 
 
 def not_run_record(spec: RunSpec) -> RunRecord:
@@ -206,7 +227,7 @@ def pretrain_and_evaluate(spec: RunSpec, eval_overrides: Sequence[str] = ()) -> 
 
     train(load_pretrain_config(spec.config, spec.overrides))
     checkpoint = Path(spec.output_dir) / "checkpoints" / "last.pth"
-    return evaluate_checkpoint(checkpoint, eval_overrides)["metrics"]
+    return {**evaluate_checkpoint(checkpoint, eval_overrides)["metrics"], **training_scalars(spec)}
 
 
 def execute_runs(
@@ -389,6 +410,37 @@ def markdown_table(summaries: Sequence[MethodSummary], label: str, floor: float 
     return "\n".join(lines)
 
 
+def training_table(records: Sequence[RunRecord], confidence: float = 0.95) -> str | None:
+    """Per (method, arm): the mean over seeds of every training scalar the runs reported."""
+    names = sorted(
+        {
+            key
+            for r in records
+            if r.error is None
+            for key in r.metrics
+            if key.startswith(TRAINING_PREFIX)
+        }
+    )
+    if not names:
+        return None
+    titles = [name[len(TRAINING_PREFIX) :] for name in names]
+    lines = [
+        f"**Training scalars, last epoch** (mean ± {confidence:.0%} CI over seeds)",
+        "",
+        "| method | arm | " + " | ".join(titles) + " |",
+        "|---" * (len(names) + 2) + "|",
+    ]
+    for method in dict.fromkeys(r.method for r in records):
+        for arm in arms_of([r for r in records if r.method == method]):
+            cells = []
+            for name in names:
+                values = list(metric_by_seed(records, method, arm, name).values())
+                ci = mean_confidence_interval(values, confidence) if values else None
+                cells.append(ci.format(scale=1.0, digits=3) if ci else "—")
+            lines.append(f"| {method} | {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def failures_section(summaries: Sequence[MethodSummary]) -> str:
     failed = sorted({f"{s.method} {line}" for s in summaries for line in s.failed})
     if not failed:
@@ -475,6 +527,9 @@ def write_report(
         if key == METRICS[0][0]:
             headline = {f"{s.method} {s.arm}": verdict(s.difference, s.arm) for s in summaries}
             sections.append(failures_section(summaries) + "\n")
+    training = training_table(records, confidence)
+    if training:
+        sections.append(training + "\n")
     sections.append("![ring vs uniform](results.png)\n")
     write_text_atomic(out_dir / "results.md", "\n".join(sections))
     write_text_atomic(

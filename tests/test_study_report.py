@@ -102,3 +102,26 @@ def test_unfair_pair_is_refused_naming_the_key():
         check_same_budget("moco", uniform, ring)
     ring["optim"]["batch_size"] = 256
     check_same_budget("moco", uniform, ring)  # only the sampler differs: fair
+
+
+def test_training_scalars_of_any_name_reach_the_report(tmp_path):
+    """Scalars from the runs' metrics.json (history's last epoch) get their own table, by name."""
+    from launcher.study import RunSpec, finished_record
+
+    records = study_records()
+    for r in records:
+        if r.error is None:
+            r.metrics["train/negatives_per_anchor"] = 4096.0 if r.sampler == "uniform" else 410.0
+            r.metrics["train/false_negative_share"] = 0.1 if r.sampler == "uniform" else 0.05
+    write_report(records, {}, tmp_path, "cmd", "desc")
+    text = (tmp_path / "results.md").read_text()
+    assert "| method | arm | false_negative_share | negatives_per_anchor |" in text
+    assert "| moco | ring | 0.050 ± 0.000 | 410.000 ± 0.000 |" in text
+    # and a finished run's record carries them, read from its metrics.json
+    spec = RunSpec("moco", "ring", 0, "cfg.yaml", (), str(tmp_path / "run"))
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "eval.json").write_text('{"metrics": {"linear_top1": 0.5}}')
+    history = [{"epoch": 1, "loss": 3.0, "made_up": 7}, {"epoch": 2, "loss": 2.5, "made_up": 9}]
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"history": history}))
+    metrics = finished_record(spec).metrics
+    assert metrics == {"linear_top1": 0.5, "train/loss": 2.5, "train/made_up": 9.0}
