@@ -47,6 +47,7 @@ DEFAULTS = {
         "image_size": None,  # null = the dataset's native size (imagefolder: 224)
         "train_subset": None,  # pretrain on this many images (fixed random subset)
         "crop_min_scale": 0.2,
+        "augment_on": "cpu",  # cpu (loader workers) | gpu (loader decodes, pretrain/gpu_augment.py)
         "num_workers": 2,
         "stl_unlabeled": True,  # STL-10: pretrain on unlabeled + train
         "synthetic": {

@@ -39,6 +39,7 @@ from pretrain.distributed import (
     replicated_state_digest,
 )
 from pretrain.errors import PretrainError
+from pretrain.gpu_augment import DeviceViews, ToCanvas, canvas_size, check_augment_on
 from pretrain.knn import extract_features, knn_accuracy
 from pretrain.methods import build_method, method_class
 from pretrain.monitor import FalseNegativeMonitor
@@ -93,7 +94,10 @@ def build_datasets(cfg, method_name, source):
     size = cfg.data.image_size or source.image_size
     train_aug = augmentation(method_name, size, source.mean, source.std, cfg.data.crop_min_scale)
     keep = subset_indices(len(source.train), cfg.data.train_subset, cfg.seed)
-    train = with_transform(source.train, MultiView(train_aug, cls.num_views), keep)
+    transform = MultiView(train_aug, cls.num_views)
+    if cfg.data.augment_on == "gpu":  # the loader only decodes; DeviceViews augments
+        transform = ToCanvas(canvas_size(source.name, source.image_size, size))
+    train = with_transform(source.train, transform, keep)
     test_aug = eval_transform(method_name, size, source.mean, source.std)
     bank = source.monitor_train or source.train
     monitor_train = with_transform(
@@ -355,6 +359,7 @@ def build_optimization(cfg, method, steps_per_epoch):
 def build_training(cfg):
     """Config checks first, then data, method, optimizer: nothing is written here."""
     sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
+    check_augment_on(cfg.data.augment_on, cfg.method)
     info = init_distributed(cfg.device)
     seed_everything(epoch_seed(cfg.seed, 0, info.rank))
     source = load_source(cfg.data)
@@ -372,6 +377,13 @@ def build_training(cfg):
         method.to(memory_format=torch.channels_last)
     steps_per_epoch = len(train_set) // cfg.optim.batch_size
     optimizer, scheduler = build_optimization(cfg, method, steps_per_epoch)
+    size = cfg.data.image_size or source.image_size
+    device_views = None
+    if cfg.data.augment_on == "gpu":
+        num_views = method_class(cfg.method).num_views
+        device_views = DeviceViews(
+            cfg.method, size, source.mean, source.std, cfg.data.crop_min_scale, num_views
+        )
     return Training(
         cfg=cfg,
         info=info,
@@ -387,6 +399,7 @@ def build_training(cfg):
         optimizer=optimizer,
         scheduler=scheduler,
         memory_format=torch.channels_last if channels_last else torch.preserve_format,
+        views_on_device=device_views or views_on_device,
         use_amp=on_gpu and cfg.train.amp,
         # labels for the false-negative monitor only: the method and the loss never see them
         false_negatives=FalseNegativeMonitor(train_set.labels.to(info.device)),
@@ -439,7 +452,7 @@ def run_epoch(run, epoch, global_step, writer):
     images, started = 0, time.perf_counter()
     for step, (views, _, indices) in enumerate(loader):
         run.sampler.set_epoch(epoch + step / run.steps_per_epoch)
-        views = views_on_device(views, info.device, run.memory_format)
+        views = run.views_on_device(views, info.device, run.memory_format)
         loss, stats = train_step(
             run.model,
             views,

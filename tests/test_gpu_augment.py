@@ -316,3 +316,38 @@ def test_augment_on_is_checked_with_the_fix():
         gpu_augment.check_augment_on("gpu", "cmc")
     assert gpu_augment.canvas_size("imagefolder", 224, 224) == 448
     assert gpu_augment.canvas_size("fashion_mnist", 28, 64) == 28
+
+
+def tiny_run(tmp_path, augment_on, method="moco"):
+    from pretrain.trainer import train
+
+    return train(
+        {
+            "method": method,
+            "output_dir": str(tmp_path / augment_on),
+            "device": "cpu",
+            "model": {"arch": "resnet18", "width": 0.125, "stem": "cifar"},
+            "moco": {"queue_size": 16},
+            "data": {
+                "name": "synthetic",
+                "augment_on": augment_on,
+                "num_workers": 0,
+                "synthetic": {"image_size": 16, "train_count": 16, "test_count": 8},
+            },
+            "optim": {"batch_size": 8, "epochs": 1},
+            "train": {"progress": False, "tensorboard": False},
+            "knn": {"every_epochs": 0, "k": 2, "train_subset": 8, "test_subset": 8},
+        }
+    )
+
+
+@pytest.mark.parametrize("method", ["moco", "simclr"])
+def test_trainer_runs_with_augmentation_on_the_device(tmp_path, method):
+    result = tiny_run(tmp_path, "gpu", method)
+    assert result["global_step"] == 2 and math.isfinite(result["loss"])
+
+
+def test_trainer_refuses_a_bad_augment_on_before_writing(tmp_path):
+    with pytest.raises(PretrainError, match="data.augment_on must be cpu or gpu"):
+        tiny_run(tmp_path, "tpu")
+    assert not (tmp_path / "tpu").exists()
