@@ -1,6 +1,10 @@
+from pathlib import Path
+
 import pytest
 
 from pretrain.config import ConfigError, load_config, save_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 SCHEMA = {
     "method": {"name": "moco", "temperature": 0.2},
@@ -71,3 +75,25 @@ def test_exponent_without_dot_is_a_float(tmp_path):
     assert load_config(path, ["method.temperature=2e-1"], SCHEMA).method.temperature == 0.2
     with pytest.raises(ConfigError, match="'optim.lr' expects float"):
         load_config(path, ["optim.lr=fast"], SCHEMA)
+
+
+LEAVES = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("leaf", LEAVES, ids=lambda path: path.stem)
+def test_every_leaf_config_loads_with_its_methods_sampler_defaults(leaf):
+    """Leaves compose _base_/{datasets,methods,samplers}; each loads against the schema, and a
+    ring arm gets its method's defaults: 0.1 of a bank/queue, half of SimCLR's in-batch pool."""
+    from pretrain.trainer import load_pretrain_config
+
+    cfg = load_pretrain_config(leaf)
+    arm = leaf.stem.split("_")[0]
+    assert cfg.sampler.name == arm.split("-")[0]
+    assert cfg.method == leaf.stem.split("_")[1]
+    if arm == "ring":
+        expected_upper = 0.5 if cfg.method == "simclr" else 0.1
+        assert (cfg.sampler.upper, cfg.sampler.lower_ratio) == (expected_upper, 0.1)
+
+
+def test_leaves_are_a_few_lines():
+    assert LEAVES and all(len(leaf.read_text().splitlines()) <= 8 for leaf in LEAVES)
