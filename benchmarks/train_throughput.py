@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from pretrain.data import load_source
 from pretrain.distributed import DistInfo
 from pretrain.errors import PretrainError, one_line_errors
+from pretrain.gpu_augment import DeviceViews
 from pretrain.methods import build_method
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import (
@@ -165,6 +166,7 @@ def benchmark_config(preset, sampler_name, data_name, data_root, workers):
                 "root": data_root,
                 "image_size": preset["image_size"],
                 "num_workers": workers,
+                "augment_on": preset.get("augment_on", "cpu"),
             },
             "optim": {"batch_size": preset["batch"]},
             "train": {"amp": True, "channels_last": True},
@@ -195,6 +197,9 @@ class Trainee:
 
     def to_device(self, views):
         return views_on_device(views, self.device, self.memory_format)
+
+    def loader_views(self, views):  # with augment_on gpu: DeviceViews (build_runs)
+        return self.to_device(views)
 
     def step(self, views, indices):
         loss, _ = train_step(
@@ -232,7 +237,7 @@ def loader_segment(trainee, loader, batch, warmup, steps):
             fetch_start = time.perf_counter()
             views, _, indices = next(iterator)
             waited += time.perf_counter() - fetch_start
-            trainee.step(trainee.to_device(views), indices.to(trainee.device))
+            trainee.step(trainee.loader_views(views), indices.to(trainee.device))
         synchronize(trainee.device)
         elapsed = time.perf_counter() - start
     finally:
@@ -282,12 +287,17 @@ def build_runs(preset, methods, data_name, data_root, workers, steps):
     trainees, loaders = {}, {}
     for name in methods:
         cfg = benchmark_config(preset, METHODS[name], data_name, data_root, workers)
-        train_set, _, _ = build_datasets(cfg, cfg.method, load_source(cfg.data))
+        source = load_source(cfg.data)
+        train_set, _, _ = build_datasets(cfg, cfg.method, source)
         if len(train_set) < batch:
             raise PretrainError(f"{len(train_set)} training images, fewer than a batch ({batch})")
         needed = (warmup + steps) * batch
         train_set = Repeated(train_set, -(-needed // len(train_set)))
         trainees[name] = Trainee(cfg, len(train_set), device)
+        if cfg.data.augment_on == "gpu":  # the trainer's own device-side views
+            trainees[name].loader_views = DeviceViews(
+                cfg.method, preset["image_size"], source.mean, source.std, 0.2, 2
+            ).bind(device, trainees[name].memory_format)
         loaders[name] = train_loader(train_set, batch, 0, cfg, DistInfo(device=device))
     return trainees, loaders
 
@@ -402,6 +412,9 @@ def parse_args(argv=None):
         "--data-dir", help="gpu/smoke presets: JPEG folder to reuse or create (default: temporary)"
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--augment-on", choices=("cpu", "gpu"), default="cpu", help="data.augment_on"
+    )
     parser.add_argument("--json", help="also write the figures and machine facts here")
     return parser.parse_args(argv)
 
@@ -415,7 +428,7 @@ def run(args):
             raise PretrainError(f"--{option} must be >= {minimum}, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
+    preset = {**PRESETS[args.preset], "augment_on": args.augment_on}
     facts_before = machine_facts()
     print(f"machine: {facts_before}", flush=True)
     scratch = tempfile.mkdtemp(prefix="ring-nce-throughput-")

@@ -392,6 +392,10 @@ class DeviceViews:
         self.augment = BatchAugment(spec_for(method, image_size, mean, std, crop_min_scale))
         self.count = count
 
+    def bind(self, device, memory_format=torch.preserve_format):
+        """``views -> device views`` for callers that step with fixed device and format."""
+        return lambda loader_views: self(loader_views, device, memory_format)
+
     def __call__(self, loader_views, device, memory_format=torch.preserve_format):
         canvases, sizes = loader_views
         canvases = canvases.to(device, non_blocking=True)

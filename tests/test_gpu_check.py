@@ -28,9 +28,10 @@ def test_tiny_check_runs_every_part_on_the_cpu(tmp_path):
     assert "environment" in done.stdout and "detectron2" in done.stdout  # the table
     assert parts["environment"]["imports"]["detectron2"] is True
     assert {row["shape"] for row in parts["ring_selection"]["report"]["rows"]} == {"moco", "ir60k"}
-    rows = parts["throughput"]["report"]["rows"]
-    assert {row["method"] for row in rows} == {"moco", "ring-moco"}
-    assert all(row["synthetic_images_per_second"] > 0 for row in rows)
+    for augment_on in ("cpu", "gpu"):
+        rows = parts["throughput"]["reports"][augment_on]["rows"]
+        assert {row["method"] for row in rows} == {"moco", "ring-moco"}
+        assert all(row["loader_images_per_second"] > 0 for row in rows)
     assert set(parts["augment_cost"]["report"]["rows"][0]) == {"pil", "jpeg_canvas", "batched_cpu"}
     for sampler in ("uniform", "ring"):
         assert parts["bf16_agreement"][sampler]["relative"] < 0.02
