@@ -21,7 +21,6 @@ directory holds ``sweep.yaml`` (the resolved spec), ``weights/<checkpoint>.pkl``
 and ``job.json``, which names the job and its log) and ``logs/`` (submitit's folders).
 """
 
-import difflib
 import json
 import subprocess
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from launcher.executors import (
     unique_log_folder,
 )
 from launcher.jobs import TransferJob
+from pretrain.errors import nearest_name
 
 SWEEP_KEYS = (
     "checkpoints",
@@ -77,8 +77,8 @@ class Run:
 def _check_keys(mapping, allowed, where):
     for key in mapping:
         if key not in allowed:
-            near = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean '{near[0]}'?" if near else f"valid keys: {', '.join(allowed)}"
+            near = nearest_name(key, allowed)
+            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
             raise LauncherError(f"unknown key '{key}' in {where}; {hint}")
 
 

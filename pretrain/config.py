@@ -5,13 +5,12 @@ overrides. With a schema, every key must exist in it (an empty mapping in the sc
 keys), so a typo is an error that names the nearest valid key instead of being ignored.
 """
 
-import difflib
 from pathlib import Path
 
 import yaml
 
 from pretrain.atomic_write import atomic_write
-from pretrain.errors import RingNCEError
+from pretrain.errors import RingNCEError, nearest_name
 
 BASE_KEY = "_base_"
 
@@ -120,7 +119,8 @@ def dotted_keys(mapping, prefix=""):
 
 def nearest_key_hint(path, schema):
     candidates = list(dotted_keys(schema))
-    close = difflib.get_close_matches(path, candidates, n=1, cutoff=0.5)
+    near = nearest_name(path, candidates)
+    close = [near] if near else []
     if not close:
         leaf = path.rsplit(".", 1)[-1]
         close = [c for c in candidates if c.rsplit(".", 1)[-1] == leaf][:1]

@@ -4,6 +4,7 @@ Every entry point's ``main`` is wrapped in ``one_line_errors``: a ``RingNCEError
 ``error: <message>`` and the exit status is 2, without a traceback.
 """
 
+import difflib
 import functools
 import sys
 
@@ -14,6 +15,13 @@ class RingNCEError(Exception):
 
 class PretrainError(RingNCEError):
     """A pretraining, evaluation or conversion problem."""
+
+
+def nearest_name(name, candidates, cutoff=0.5):
+    """The candidate closest to a mistyped ``name`` (difflib ratio >= cutoff), or None: the one
+    nearest-key hint every unknown-name error in the project uses."""
+    close = difflib.get_close_matches(str(name), list(candidates), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 def one_line_errors(main):

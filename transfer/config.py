@@ -7,14 +7,13 @@ Everything that can be wrong with a run's inputs is checked here, before any mod
 worker process exists, so bad input costs seconds and raises one ``TransferError`` line.
 """
 
-import difflib
 import json
 from pathlib import Path
 
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from pretrain.errors import RingNCEError
+from pretrain.errors import RingNCEError, nearest_name
 
 # transfer configs that need converted weights say so instead of silently training from scratch
 REQUIRED_WEIGHTS = "REQUIRED"
@@ -62,8 +61,8 @@ def unknown_key_error(error, source, cfg):
     """Turn yacs' 'Non-existent config key' KeyError into a one-line hint with the nearest key."""
     text = str(error.args[0]) if error.args else str(error)
     key = text.rsplit(":", 1)[-1].strip()
-    nearest = difflib.get_close_matches(key, all_keys(cfg), n=1, cutoff=0.5)
-    hint = f"did you mean {nearest[0]}?" if nearest else "see detectron2/config/defaults.py"
+    nearest = nearest_name(key, all_keys(cfg))
+    hint = f"did you mean {nearest}?" if nearest else "see detectron2/config/defaults.py"
     return TransferError(f"unknown config key {key} in {source}: {hint}")
 
 

@@ -7,7 +7,6 @@ the loader below. ``prepare_datasets(cfg)`` checks every dataset a config names 
 is built, so a missing file costs seconds, not a model build.
 """
 
-import difflib
 import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -17,6 +16,7 @@ from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.structures import BoxMode
 
+from pretrain.errors import nearest_name
 from transfer import fixtures
 from transfer.config import TransferError
 
@@ -155,8 +155,8 @@ def required_paths(name):
 def check_registered(name):
     registered = DatasetCatalog.list()
     if name not in registered:
-        nearest = difflib.get_close_matches(name, registered, n=1, cutoff=0.5)
-        hint = f"did you mean {nearest[0]}?" if nearest else "register it before the run"
+        nearest = nearest_name(name, registered)
+        hint = f"did you mean {nearest}?" if nearest else "register it before the run"
         raise TransferError(f"unknown dataset {name!r} in DATASETS: {hint}")
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pretrain.checkpoint import FORMAT as RING_NCE_FORMAT
+from pretrain.checkpoint import VERSION as RING_NCE_VERSION
 from pretrain.errors import PretrainError
 from transfer import layouts
 
-RING_NCE_FORMAT = "ring-nce-pretrain"
-RING_NCE_VERSION = 1
 FORMATS = ("auto", "ring-nce", *layouts.LAYOUT_NAMES)
 # Checkpoints saved with numpy RNG state pickle these; they are data, not code.
 # numpy 1.x pickles name the array rebuilder numpy.core..., numpy 2.x numpy._core...

@@ -33,6 +33,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
 from pretrain.backbones import build_backbone
+from pretrain.data import IMAGENET_MEAN, IMAGENET_STD
 from transfer.modeling import build_any_width_resnet_backbone
 from transfer.sources import (  # noqa: F401  (FORMATS: part of this module's API)
     FORMATS,
@@ -42,8 +43,6 @@ from transfer.sources import (  # noqa: F401  (FORMATS: part of this module's AP
     read_source,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TOLERANCE = 1e-4
 VERIFY_BATCH_SHAPE = (2, 3, 64, 64)
 STAGES = ("res2", "res3", "res4", "res5")
