@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from detectron2.config import CfgNode, get_cfg
 
-from pretrain.errors import RingNCEError, nearest_name
+from pretrain.errors import nearest_name
+from transfer.errors import TransferError
 
 # transfer configs that need converted weights say so instead of silently training from scratch
 REQUIRED_WEIGHTS = "REQUIRED"
@@ -23,10 +24,6 @@ NARROW_BACKBONE_BUILDERS = {
     "build_resnet_backbone": "build_any_width_resnet_backbone",
     "build_resnet_fpn_backbone": "build_any_width_resnet_fpn_backbone",
 }
-
-
-class TransferError(RingNCEError):
-    """Bad input to a transfer run; the message is one line naming the problem and the fix."""
 
 
 def notice(message):

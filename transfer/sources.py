@@ -13,8 +13,8 @@ import torch
 
 from pretrain.checkpoint import FORMAT as RING_NCE_FORMAT
 from pretrain.checkpoint import VERSION as RING_NCE_VERSION
-from pretrain.errors import PretrainError
 from transfer import layouts
+from transfer.errors import ConversionError
 
 FORMATS = ("auto", "ring-nce", *layouts.LAYOUT_NAMES)
 # Checkpoints saved with numpy RNG state pickle these; they are data, not code.
@@ -26,10 +26,6 @@ NUMPY_SAFE_GLOBALS = [
     _reconstruct,
     (_reconstruct, "numpy.core.multiarray._reconstruct"),
 ] + [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
-
-
-class ConversionError(PretrainError):
-    """A checkpoint that cannot be converted; the message says why and what to do instead."""
 
 
 @dataclass
