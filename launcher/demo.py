@@ -24,7 +24,7 @@ from launcher.executors import Resources
 from launcher.sweep import load_sweep, submit_sweep, weights_path
 from pretrain.data import load_source
 from pretrain.errors import RingNCEError
-from pretrain.linear_eval import eval_options, evaluate_checkpoint, raw_pixel_floor
+from pretrain.evaluation.linear_probe import eval_options, evaluate_checkpoint, raw_pixel_floor
 from pretrain.trainer import load_pretrain_config, train
 from transfer.engine import run as run_transfer_config
 from transfer.weights import convert

@@ -222,7 +222,7 @@ def not_run_record(spec: RunSpec) -> RunRecord:
 
 def pretrain_and_evaluate(spec: RunSpec, eval_overrides: Sequence[str] = ()) -> dict:
     """Pretrain one spec (resuming if it was interrupted), evaluate its last checkpoint."""
-    from pretrain.linear_eval import evaluate_checkpoint
+    from pretrain.evaluation.linear_probe import evaluate_checkpoint
     from pretrain.trainer import load_pretrain_config, train
 
     train(load_pretrain_config(spec.config, spec.overrides))
@@ -648,7 +648,7 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
     import time
 
     from pretrain.data import load_source
-    from pretrain.linear_eval import eval_options, raw_pixel_floor
+    from pretrain.evaluation.linear_probe import eval_options, raw_pixel_floor
     from pretrain.trainer import load_pretrain_config
 
     plan = study_plan(args)

@@ -39,8 +39,8 @@ from pretrain.distributed import (
     replicated_state_digest,
 )
 from pretrain.errors import PretrainError
+from pretrain.evaluation.knn import extract_features, knn_accuracy
 from pretrain.gpu_augment import DeviceViews, ToCanvas, canvas_size, check_augment_on
-from pretrain.knn import extract_features, knn_accuracy
 from pretrain.methods import build_method, method_class
 from pretrain.monitor import FalseNegativeMonitor
 from pretrain.samplers import NegativeSampler

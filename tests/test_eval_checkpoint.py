@@ -8,7 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.linear_eval import LinearEvalSettings, evaluate_checkpoint, evaluate_features
+from pretrain.evaluation.linear_probe import (
+    LinearEvalSettings,
+    evaluate_checkpoint,
+    evaluate_features,
+)
 from pretrain.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from pretrain.backbones import build_backbone
-from pretrain.linear_eval import (
+from pretrain.evaluation.linear_probe import (
     EvalError,
     LinearEvalSettings,
     assert_unchanged,

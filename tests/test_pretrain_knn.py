@@ -1,6 +1,6 @@
 import torch
 
-from pretrain.knn import extract_features, knn_accuracy, knn_predict
+from pretrain.evaluation.knn import extract_features, knn_accuracy, knn_predict
 
 
 def test_weighted_vote_by_hand():

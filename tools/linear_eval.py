@@ -2,7 +2,7 @@
 
     python tools/linear_eval.py runs/x/checkpoints/last.pth [key=value ...]
 
-Options (key=value, checked; see pretrain.linear_eval.EVAL_DEFAULTS): solver=lbfgs|sgd,
+Options (key=value, checked; see pretrain.evaluation.linear_probe.EVAL_DEFAULTS): solver=lbfgs|sgd,
 train_limit=N, test_limit=N, knn_k=[20,200], encoder=NAME (MoCo: query|key; default: the
 checkpoint's, CMC: L and ab concatenated), device=cpu|cuda, output=PATH, data_root=DIR.
 """
@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from pretrain.errors import one_line_errors
-from pretrain.linear_eval import evaluate_checkpoint
+from pretrain.evaluation.linear_probe import evaluate_checkpoint
 
 
 @one_line_errors

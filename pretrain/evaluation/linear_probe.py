@@ -26,12 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms
 
-from pretrain import data, knn
+from pretrain import data
 from pretrain.atomic_write import write_json_atomic
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import load_checkpoint
 from pretrain.config import Config, parse_override, set_dotted, to_config, validate
 from pretrain.errors import PretrainError
+from pretrain.evaluation import knn
 
 
 class EvalError(PretrainError):
