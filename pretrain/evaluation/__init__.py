@@ -1,0 +1,1 @@
+"""Frozen-encoder evaluation: weighted kNN (``knn``) and the linear probe (``linear_probe``)."""
