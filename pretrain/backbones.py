@@ -16,6 +16,15 @@ ARCHS = {
     "resnet34": (resnet.BasicBlock, [3, 4, 6, 3]),
     "resnet50": (resnet.Bottleneck, [3, 4, 6, 3]),
     "resnet101": (resnet.Bottleneck, [3, 4, 23, 3]),
+    "resnet152": (resnet.Bottleneck, [3, 8, 36, 3]),
+}
+# The one architecture list: Detectron2 depths for the converter and transfer checks, and the
+# basic-block ones (ResNet-18/34) that Detectron2's stock builder cannot make narrow.
+DEPTHS = tuple(int(name.removeprefix("resnet")) for name in ARCHS)
+BASIC_BLOCKS_PER_STAGE = {
+    int(name.removeprefix("resnet")): tuple(layers)
+    for name, (block, layers) in ARCHS.items()
+    if block is resnet.BasicBlock
 }
 STEMS = ("imagenet", "cifar")
 

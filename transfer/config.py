@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from detectron2.config import CfgNode, get_cfg
 
+from pretrain.backbones import DEPTHS
 from pretrain.errors import nearest_name
 from transfer.errors import TransferError
 
@@ -190,10 +191,10 @@ def use_any_width_backbone(cfg):
 
 
 def check_architecture(cfg):
-    if cfg.MODEL.RESNETS.DEPTH not in (18, 34, 50, 101, 152):
+    if cfg.MODEL.RESNETS.DEPTH not in DEPTHS:
         raise TransferError(
-            f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} is not a ResNet depth: use 18, 34, "
-            "50, 101 or 152"
+            f"MODEL.RESNETS.DEPTH {cfg.MODEL.RESNETS.DEPTH} is not a ResNet depth: use one of "
+            f"{', '.join(map(str, DEPTHS))}"
         )
     if cfg.MODEL.RESNETS.DEPTH < 50 and cfg.MODEL.ROI_HEADS.NAME.startswith("Res5ROIHeads"):
         raise TransferError(

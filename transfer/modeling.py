@@ -21,7 +21,7 @@ from detectron2.modeling.backbone.resnet import (
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-BASIC_BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+from pretrain.backbones import BASIC_BLOCKS_PER_STAGE
 
 
 @ROI_HEADS_REGISTRY.register()
