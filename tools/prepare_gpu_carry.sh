@@ -23,14 +23,20 @@ LIMIT_MIB=64
 rm -rf "$CARRY"
 mkdir -p "$CARRY/wheels" "$CARRY/data/fashion-mnist" "$CARRY/cache"
 
-# Wheels for the device's interpreter. Versions: what requirements.txt asks for; packages the
-# device already has (numpy, pyyaml, portalocker, cloudpickle, pyparsing, typing-extensions,
-# packaging, ...) are left to it. One version of each, so that one install step takes them all.
-PACKAGES=(
-  fvcore==0.1.5.post20221221 "iopath==0.1.9" "pycocotools==2.0.10" "faster-coco-eval==1.8.0"
-  "omegaconf==2.3.0" "hydra-core==1.3.2" "antlr4-python3-runtime==4.9.3" "yacs==0.1.8"
-  "termcolor==3.1.0" "pydot==4.0.1" "future==1.0.0" "setuptools==81.0.0" "submitit==1.5.3"
+# Wheels for the device's interpreter, at the versions the project's .venv runs its tests with
+# (requirements.txt); packages the device already has (numpy, pyyaml, portalocker,
+# cloudpickle, pyparsing, typing-extensions, packaging, ...) are left to it. One version of
+# each, so that one install step takes them all.
+NAMES=(
+  fvcore iopath pycocotools faster-coco-eval omegaconf hydra-core antlr4-python3-runtime yacs
+  termcolor pydot future setuptools submitit
 )
+PACKAGES=()
+for name in "${NAMES[@]}"; do
+  version=$("$PY" -m pip show "$name" 2>/dev/null | awk '/^Version:/ {print $2}')
+  [[ -n $version ]] || { echo "error: $name is not installed in $PY's environment; run make setup" >&2; exit 1; }
+  PACKAGES+=("$name==$version")
+done
 for package in "${PACKAGES[@]}"; do
   # a cp312 / pure-Python wheel if PyPI has one, else (fvcore, antlr4: sdists of pure Python)
   # a wheel built here from the sdist
