@@ -171,8 +171,9 @@ def test_a_hundred_task_array_in_one_submission_completes(two_nodes):
     array_ids = {job.job_id.split("_")[0] for job in jobs}
     assert len(array_ids) == 1 and len({job.job_id for job in jobs}) == 100
     assert [job.result() for job in jobs] == names  # each task its own argument, none lost
-    states = sacct_states(array_ids.pop())
-    assert states == ["COMPLETED"] * 100, states
+    # accounting trails the results: wait for all 100 records to reach slurmdbd
+    array_id = array_ids.pop()
+    wait_until(lambda: sacct_states(array_id) == ["COMPLETED"] * 100, 120, "100 COMPLETED records")
     nodes = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", jobs[0].job_id.split("_")[0], "-o", "NodeList"],
         capture_output=True,
