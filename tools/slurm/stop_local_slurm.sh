@@ -70,6 +70,7 @@ done
 for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep -E '^rnce-v[0-9]+$'); do
   ip link delete "$link" 2>/dev/null || true
 done
+rmdir /etc/netns 2>/dev/null || true # only when empty: the start script made it for its nodes
 if ip link show "$BRIDGE" >/dev/null 2>&1; then
   ip link delete "$BRIDGE" && say "removed bridge $BRIDGE"
 fi
