@@ -260,7 +260,7 @@ def test_weights_load_into_detectron2_fpn_from_the_json_config(tmp_path, norm, f
     cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
     detector = nn.Module()
     detector.backbone = build_detectron2_backbone(cfg, ShapeSpec(channels=3))
-    checkpointer = weights._RecordingCheckpointer(detector)
+    checkpointer = weights.RecordingCheckpointer(detector)
     checkpointer.load(str(tmp_path / "d2.pkl"))
 
     incompatible = checkpointer.incompatible

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.evaluation import PascalVOCDetectionEvaluator
@@ -23,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 import transfer.modeling  # noqa: F401  (registers our backbones and ROI heads)
 from pretrain.atomic_write import write_json_atomic
+from transfer.checkpointer import RecordingCheckpointer
 from transfer.config import TransferError, build_config, notice
 from transfer.datasets import prepare_datasets
 from transfer.evaluation import FasterCOCOEvaluator
@@ -31,18 +31,6 @@ from transfer.user_datasets import check_against_config, register_user_datasets
 
 RESULT_TASKS = ("bbox", "segm", "keypoints")
 RESULTS_FILE = "results.json"
-
-
-class RecordingCheckpointer(DetectionCheckpointer):
-    """Keeps the keys loading could not fill, which Detectron2 only logs as a warning."""
-
-    unfilled_keys = ()
-
-    def _load_model(self, checkpoint):
-        incompatible = super()._load_model(checkpoint)
-        wrong_shape = [key for key, _, _ in incompatible.incorrect_shapes]
-        self.unfilled_keys = list(incompatible.missing_keys) + wrong_shape
-        return incompatible
 
 
 def pretrained_trunk_prefixes(model):

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 import torchvision
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
@@ -34,6 +33,7 @@ from torch import nn
 
 from pretrain.backbones import build_backbone
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD
+from transfer.checkpointer import RecordingCheckpointer
 from transfer.modeling import build_any_width_resnet_backbone
 from transfer.sources import (  # noqa: F401  (FORMATS: part of this module's API)
     FORMATS,
@@ -305,20 +305,12 @@ def layout_is_narrow_basic(resnets_cfg) -> bool:
     return resnets_cfg.DEPTH in (18, 34) and resnets_cfg.RES2_OUT_CHANNELS != 64
 
 
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """Detectron2's checkpointer, keeping the incompatible keys it would only log."""
-
-    def _log_incompatible_keys(self, incompatible):
-        self.incompatible = incompatible
-        super()._log_incompatible_keys(incompatible)
-
-
 def load_like_a_detector(weights_path: Path, resnet: nn.Module) -> None:
     """Load the file as a detector would (``backbone.bottom_up.`` prefix, name heuristics)."""
     detector = nn.Module()
     detector.backbone = nn.Module()
     detector.backbone.bottom_up = resnet
-    checkpointer = _RecordingCheckpointer(detector)
+    checkpointer = RecordingCheckpointer(detector)
     checkpointer.load(str(weights_path))
     incompatible = checkpointer.incompatible
     problems = [
