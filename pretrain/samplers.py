@@ -162,7 +162,9 @@ class NegativeSampler:
         """
         usual_count = size if usual_count is None else usual_count
         if self.uses_ring:
-            start, stop = ring_rank_range(size, self.lower, self.target_upper)
+            # the narrowest ring of the schedule: its target (annealing starts wider)
+            target_lower = self.lower_ratio * self.target_upper
+            start, stop = ring_rank_range(size, target_lower, self.target_upper)
             if stop <= start:
                 raise PretrainError(
                     f"the ring [{self.lower_ratio * self.target_upper:g}, {self.target_upper:g}) "

@@ -176,3 +176,20 @@ def test_the_trainer_refuses_a_pool_too_small_before_writing(method, sampler, me
     with pytest.raises(PretrainError, match=message):
         train(tiny_config)
     assert not Path(tiny_config["output_dir"]).exists()  # nothing written, nothing lost
+
+
+LEAVES = sorted(Path("configs/pretrain").glob("*_*_*.yaml"))
+
+
+@pytest.mark.parametrize("leaf", LEAVES, ids=lambda path: path.stem)
+def test_every_shipped_strategy_fits_its_methods_pool(leaf):
+    """Each leaf's sampler passes the trainer's pool check (e.g. MoCHi's N <= 2B-2 for SimCLR)."""
+    cfg = load_pretrain_config(leaf)
+    sampler = NegativeSampler.from_config(cfg.sampler, cfg.optim.epochs)
+    if cfg.method == "simclr":
+        pool = 2 * cfg.optim.batch_size - 2
+        sampler.check_pool(pool, "in-batch negatives")
+    elif cfg.method == "moco":
+        sampler.check_pool(cfg.moco.queue_size, "queue entries")
+    else:
+        sampler.check_pool(50_000, "other bank entries", cfg[cfg.method].num_negatives)
