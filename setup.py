@@ -14,6 +14,7 @@ setup(
         "numpy>=2",
         "pyyaml",
         "pycocotools",
+        "faster-coco-eval",  # COCO AP without Detectron2's compiled _C (transfer/evaluation.py)
         "scipy",  # Student-t intervals (launcher.stats), KS tests
         "matplotlib",  # study and leaderboard charts
         "submitit>=1.5",
