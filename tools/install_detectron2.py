@@ -50,6 +50,21 @@ def pip(*args):
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
+def prepared_source(tmp):
+    """The v0.6 sdist unpacked under ``tmp`` with the minimal setup script: a folder pip can
+    install or build a wheel from (also used by tools/prepare_gpu_carry.sh)."""
+    tmp = Path(tmp)
+    pip("download", "-q", "--no-deps", "--no-build-isolation", SDIST, "-d", str(tmp))
+    (archive,) = tmp.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp / "src", filter="data")
+    (src,) = (tmp / "src").iterdir()
+    (src / "setup.py").write_text(MINIMAL_SETUP)
+    for name in ("setup.cfg", "pyproject.toml"):
+        (src / name).unlink(missing_ok=True)
+    return src
+
+
 def main():
     state = installed_state()
     if state == "compiled":
@@ -63,16 +78,7 @@ def main():
     if importlib.util.find_spec("torch") is None:
         sys.exit("install_detectron2: torch must be installed first (its setup.py imports torch)")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        pip("download", "-q", "--no-deps", "--no-build-isolation", SDIST, "-d", str(tmp))
-        (archive,) = tmp.glob("*.tar.gz")
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp / "src", filter="data")
-        (src,) = (tmp / "src").iterdir()
-        (src / "setup.py").write_text(MINIMAL_SETUP)
-        for name in ("setup.cfg", "pyproject.toml"):
-            (src / name).unlink(missing_ok=True)
-        pip("install", "-q", "--no-deps", "--no-build-isolation", str(src))
+        pip("install", "-q", "--no-deps", "--no-build-isolation", str(prepared_source(tmp)))
     print("detectron2: installed v0.6 Python code from", SDIST)
 
 

@@ -48,30 +48,21 @@ done
 
 # Detectron2 v0.6 as a pure-Python wheel (tools/install_detectron2.py's minimal setup)
 "$PY" - "$CARRY/wheels" <<'EOF'
-import subprocess, sys, tarfile, tempfile
+import sys, tempfile
 from pathlib import Path
 
 sys.path.insert(0, "tools")
-from install_detectron2 import MINIMAL_SETUP, SDIST
+from install_detectron2 import pip, prepared_source
 
 out = Path(sys.argv[1]).resolve()
 with tempfile.TemporaryDirectory() as tmp:
-    tmp = Path(tmp)
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run([*pip, "download", "-q", "--no-deps", "--no-build-isolation", SDIST, "-d", tmp], check=True)
-    (archive,) = tmp.glob("*.tar.gz")
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp / "src", filter="data")
-    (src,) = (tmp / "src").iterdir()
-    (src / "setup.py").write_text(MINIMAL_SETUP)
-    for name in ("setup.cfg", "pyproject.toml"):
-        (src / name).unlink(missing_ok=True)
+    src = prepared_source(tmp)
     # Pillow 10 removed Image.LINEAR (an alias of BILINEAR); the device has no older Pillow
     for path in (src / "detectron2").rglob("*.py"):
         text = path.read_text()
         if "Image.LINEAR" in text:
             path.write_text(text.replace("Image.LINEAR", "Image.BILINEAR"))
-    subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", out, src], check=True)
+    pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src))
 EOF
 
 cp "$FMNIST"/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz "$CARRY/data/fashion-mnist/"
