@@ -190,7 +190,7 @@ def finished_record(spec: RunSpec) -> RunRecord | None:
 
 
 # the machine sets the speed, and the epoch count is the budget, not a result
-NOT_RESULTS = ("epoch", "global_step", "images_per_second")
+NOT_RESULTS = ("epoch", "global_step", "images_per_second", "rank")
 TRAINING_PREFIX = "train/"
 
 
@@ -199,8 +199,9 @@ def training_scalars(spec: RunSpec) -> dict:
     method and monitors report, e.g. negatives_per_anchor, false_negative_share), as
     ``train/<name>``; no name is special, so a new strategy's scalar shows up unasked."""
     path = Path(spec.output_dir) / "metrics.json"
-    history = json.loads(path.read_text()).get("history") if path.is_file() else None
-    last = history[-1] if history else {}
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    # a metrics.json written before the per-epoch history existed holds the last epoch itself
+    last = metrics["history"][-1] if metrics.get("history") else metrics
     return {
         TRAINING_PREFIX + name: float(value)
         for name, value in last.items()
