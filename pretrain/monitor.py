@@ -42,8 +42,9 @@ class FalseNegativeMonitor:
             self._add("same", same.sum())
             self._add("known", known.sum())
             if record.get("weights") is not None:
-                self._add("weight_same", (record["weights"] * same).sum())
-                self._add("weight_known", (record["weights"] * known).sum())
+                weights = record["weights"]()
+                self._add("weight_same", (weights * same).sum())
+                self._add("weight_known", (weights * known).sum())
 
     def epoch_stats(self):
         """``false_negative_share`` (and ``false_negative_weight_share``) since the last call."""

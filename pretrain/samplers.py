@@ -218,7 +218,7 @@ class NegativeSampler:
             loss = debiased_nce(positive, negatives, self.tau_plus, temperature)
         elif self.name == "hcl":
             loss = hard_debiased_nce(positive, negatives, self.tau_plus, self.beta, temperature)
-            weights = hardness_weights(negatives, self.beta)
+            weights = lambda: hardness_weights(negatives, self.beta)  # noqa: E731
         elif self.name == "mochi":
             negatives = torch.cat(
                 [negatives, self.mixed_logits(anchor, pool, columns, negatives) / temperature],
@@ -227,7 +227,8 @@ class NegativeSampler:
             loss = info_nce(positive, negatives)
         else:
             loss = info_nce(positive, negatives)
-        # ids only when the monitor asks: composing B x K draws costs as much as the gather
+        # ids and weights only when the monitor asks: composing B x K draws costs as much as the
+        # gather, and HCL's weights are a B x K softmax the loss itself does not need
         return loss, {
             "count": negatives.shape[1],
             "ids": lambda: pool.candidate_ids(columns),

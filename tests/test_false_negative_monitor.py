@@ -17,7 +17,7 @@ def test_shares_count_same_class_negatives_and_weights():
     record = {
         "anchor_ids": torch.tensor([0, 2]),
         "ids": lambda: torch.tensor([[1, 2, 4, -1], [3, 3, 0, 1]]),  # 4: unlabelled, -1: empty
-        "weights": torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]),
+        "weights": lambda: torch.tensor([[0.5, 0.3, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]]),
     }
     monitor.update([record])
     stats = monitor.epoch_stats()
