@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -22,6 +22,7 @@ import yaml
 from launcher.collect import write_reports
 from launcher.executors import Resources
 from launcher.sweep import load_sweep, submit_sweep, weights_path
+from pretrain.config import ConfigError, load_config
 from pretrain.data import load_source
 from pretrain.errors import RingNCEError
 from pretrain.evaluation.linear_probe import eval_options, evaluate_checkpoint, raw_pixel_floor
@@ -35,7 +36,7 @@ SAMPLERS = ("uniform", "ring")
 
 @dataclass(frozen=True)
 class Budget:
-    """How much of each stage the demo runs (full: ~10 min on 2 cores; fast: ~2 min)."""
+    """How much of each stage the demo runs: ``configs/demo/{full,fast}.yaml``."""
 
     train_images: int
     epochs: int
@@ -45,23 +46,27 @@ class Budget:
     keypoint_iters: int
 
 
-FULL = Budget(
-    train_images=30000,
-    epochs=4,
-    eval_train_images=10000,
-    eval_test_images=2000,
-    mask_iters=100,
-    keypoint_iters=50,
-)
+def load_budget(path) -> Budget:
+    """A budget file with exactly the fields of ``Budget``, each a positive integer."""
+    values = load_config(path).to_dict()
+    names = [f.name for f in fields(Budget)]
+    unknown = sorted(set(values) - set(names))
+    missing = [name for name in names if name not in values]
+    bad = [n for n in names if n in values and (type(values[n]) is not int or values[n] < 1)]
+    if unknown or missing or bad:
+        problems = [f"unknown {', '.join(unknown)}"] * bool(unknown)
+        problems += [f"missing {', '.join(missing)}"] * bool(missing)
+        problems += [f"not a positive integer: {', '.join(bad)}"] * bool(bad)
+        raise ConfigError(
+            f"demo budget {path}: {'; '.join(problems)}; it sets {', '.join(names)}"
+        )
+    return Budget(**values)
 
-FAST = Budget(
-    train_images=2048,
-    epochs=1,
-    eval_train_images=1000,
-    eval_test_images=500,
-    mask_iters=4,
-    keypoint_iters=3,
-)
+
+def selected_budget(environ) -> Budget:
+    """``DEMO_BUDGET`` (a YAML path), else ``DEMO_FAST=1``'s fast budget, else the full one."""
+    name = "fast" if environ.get("DEMO_FAST") == "1" else "full"
+    return load_budget(environ.get("DEMO_BUDGET") or REPO / "configs" / "demo" / f"{name}.yaml")
 
 
 class Progress:
@@ -300,10 +305,10 @@ def run_demo(run_dir, budget, cluster=None):
 
 
 def main():
-    budget = FAST if os.environ.get("DEMO_FAST") == "1" else FULL
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(os.environ.get("DEMO_DIR", REPO / "runs" / f"demo-{stamp}")).resolve()
     try:
+        budget = selected_budget(os.environ)
         table = run_demo(run_dir, budget, os.environ.get("DEMO_CLUSTER"))
     except RingNCEError as error:
         print(f"error: {error} (the demo's outputs so far are under {run_dir})", file=sys.stderr)

@@ -19,16 +19,14 @@ from pathlib import Path
 import submitit
 
 from launcher.errors import LauncherError
+from launcher.study_presets import load_preset
 from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
 from pretrain.atomic_write import atomic_write, write_text_atomic
 from pretrain.errors import PretrainError
 
-# Arms: a negative strategy (sampler.name), optionally a variant after a dash (ring-anneal);
-# uniform is the reference every other arm is paired against.
-DEFAULT_ARMS = ("uniform", "ring")
-
-
 def arm_strategy(arm: str) -> str:
+    """An arm is a negative strategy (sampler.name), optionally a variant after a dash
+    (ring-anneal); uniform is the reference every other arm is paired against."""
     return arm.split("-", 1)[0]
 
 
@@ -81,7 +79,7 @@ def shown_path(path) -> str:
 
 
 def config_pairs(
-    config_dir: str | Path, dataset: str, methods: Sequence[str], arms=DEFAULT_ARMS
+    config_dir: str | Path, dataset: str, methods: Sequence[str], arms: Sequence[str]
 ) -> dict:
     """{method: {arm: path}} from the `<arm>_<method>_<dataset>.yaml` naming.
 
@@ -548,45 +546,6 @@ CMC_GRAYSCALE = (
     "grayscale (ab is zero everywhere), so there is no second view to predict"
 )
 
-# Budgets: every override here applies to both samplers of every method alike.
-PRESETS = {
-    # ~30 min on 2 free cores: 18 runs of 2 epochs over the configs' fixed 10k-image subset.
-    # Batch 128 doubles the optimizer steps of a batch-256 run for the same images; MoCo's key
-    # momentum drops to 0.99 because with 0.999 the key encoder would barely move in the ~160
-    # steps a run gets; the ring's upper bound anneals over the first half, as in the configs.
-    "cpu": {
-        "dataset": "fmnist",
-        "methods": ["ir", "moco", "simclr"],
-        "seeds": [0, 1, 2],
-        "overrides": [
-            "optim.epochs=2",
-            "optim.batch_size=128",
-            "optim.warmup_epochs=0.25",
-            "moco.momentum=0.99",
-            "knn.train_subset=1000",  # the trainer's end-of-run monitor only; the study
-            "knn.test_subset=500",  # evaluates every run itself on the full test split
-            "train.progress=false",
-        ],
-        "eval": ["train_limit=10000"],
-    },
-    # the configs' own budgets, untouched
-    "none": {
-        "dataset": "fmnist",
-        "methods": ["ir", "moco", "simclr"],
-        "seeds": [0, 1, 2],
-        "overrides": [],
-        "eval": [],
-    },
-    "gpu": {
-        "dataset": "cifar10",
-        "methods": ["ir", "cmc", "moco", "simclr"],
-        "seeds": [0, 1, 2],
-        "overrides": ["device=cuda"],
-        "eval": ["device=cuda", "batch_size=1024", "num_workers=8"],
-    },
-}
-
-
 def check_methods_fit_dataset(methods: Sequence[str], dataset: str) -> None:
     if "cmc" in methods and dataset in GRAYSCALE_DATASETS:
         raise StudyError(f"{CMC_GRAYSCALE}; drop cmc from the methods or use a colour dataset")
@@ -603,12 +562,12 @@ def load_floor(path: Path, compute: Callable[[], dict], log: Callable[[str], Non
 
 
 def study_plan(args) -> dict:
-    """Preset values, with any explicitly given argument taking precedence."""
-    preset = PRESETS[args.preset]
+    """The preset's values (configs/studies/), any explicitly given argument taking precedence."""
+    preset = load_preset(args.preset)
     return {
         "dataset": args.dataset or preset["dataset"],
         "methods": list(args.methods or preset["methods"]),
-        "arms": list(args.samplers or preset.get("arms", DEFAULT_ARMS)),
+        "arms": list(args.samplers or preset["arms"]),
         "seeds": list(args.seeds if args.seeds is not None else preset["seeds"]),
         "overrides": [*preset["overrides"], *args.overrides],
         "eval": [*preset["eval"], *args.eval],
@@ -666,9 +625,11 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
 
     check_plan(specs, load)
     first = resolved[(specs[0].config, tuple(specs[0].overrides))]
-    # Train from the configs as checked now, so an edit to configs/ while the study runs
-    # cannot make later runs differ from earlier ones.
-    specs = [freeze_config(s, resolved[(s.config, tuple(s.overrides))]) for s in specs]
+    if not args.report_only:
+        # Train from the configs as checked now, so an edit to configs/ while the study runs
+        # cannot make later runs differ from earlier ones. A report writes nothing into run
+        # folders: another study process may be training in them.
+        specs = [freeze_config(s, resolved[(s.config, tuple(s.overrides))]) for s in specs]
     floor = load_floor(
         output / "floor.json",
         lambda: raw_pixel_floor(load_source(first.data), eval_options(plan["eval"])),

@@ -85,7 +85,11 @@ def test_study_end_to_end_and_rerun_reuses_finished_runs(tmp_path, capsys):
     assert capsys.readouterr().out.count("already evaluated") == 4
 
     (tmp_path / "out" / "moco_ring_s1" / "checkpoints" / "eval.json").unlink()
+    frozen = tmp_path / "out" / "moco_ring_s1" / "study_config.yaml"
+    frozen_before = frozen.stat().st_mtime_ns
     assert main(study_args(tmp_path, configs, "--report-only")) == 0
+    # a report writes nothing into run folders (another study process may be training there)
+    assert frozen.stat().st_mtime_ns == frozen_before
     assert "pretraining" not in capsys.readouterr().out
     report = (tmp_path / "report" / "results.md").read_text()
     assert "moco ring seed 1: not run" in report

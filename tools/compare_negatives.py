@@ -1,12 +1,13 @@
-"""Ring vs uniform negatives: pretrain every method x {uniform, ring} x seeds, evaluate, report.
+"""Negative strategies compared: pretrain every method x arm x seed, evaluate, report vs uniform.
 
     python tools/compare_negatives.py                      # CPU preset: Fashion-MNIST
+    python tools/compare_negatives.py --preset fmnist_strategies   # the committed study
     python tools/compare_negatives.py --preset gpu --cluster slurm --gpus-per-node 1
     python tools/compare_negatives.py --methods moco --seeds 0 1 optim.epochs=2 --eval solver=sgd
 
-Within a (method, seed) the uniform and ring runs share every setting but the sampler (checked
-before anything trains). Writes results.md (mean ± 95% CI per cell, paired ring - uniform
-difference with its CI, raw-pixel floor), results.png and records.json to --report-dir.
+Within a (method, seed) every arm shares every setting but the sampler (checked before anything
+trains). Writes results.md (mean ± 95% CI per cell, paired arm - uniform difference with its CI,
+raw-pixel floor), results.png and records.json to --report-dir.
 Rerunning the same command reuses finished runs.
 """
 
@@ -24,7 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="cpu", choices=("cpu", "gpu", "none"))
+    parser.add_argument(
+        "--preset",
+        default="cpu",
+        help="configs/studies/NAME.yaml (cpu, fmnist_strategies, gpu, none) or a YAML path",
+    )
     parser.add_argument("--dataset", help="config suffix: fmnist, cifar10, stl10, imagenet")
     parser.add_argument("--methods", nargs="+", help="subset of ir cmc moco simclr")
     parser.add_argument(
@@ -32,7 +37,7 @@ def parse_args(argv):
         nargs="+",
         help="arms: uniform (the reference) and any of ring dcl hcl mochi, or a variant with "
         "its own config such as ring-anneal; method:arm for one method only, e.g. moco:mochi "
-        "(default: uniform ring)",
+        "(default: the preset's arms)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2")
     parser.add_argument("--config-dir", default=str(REPO / "configs" / "pretrain"))
