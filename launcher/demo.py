@@ -57,9 +57,7 @@ def load_budget(path) -> Budget:
         problems = [f"unknown {', '.join(unknown)}"] * bool(unknown)
         problems += [f"missing {', '.join(missing)}"] * bool(missing)
         problems += [f"not a positive integer: {', '.join(bad)}"] * bool(bad)
-        raise ConfigError(
-            f"demo budget {path}: {'; '.join(problems)}; it sets {', '.join(names)}"
-        )
+        raise ConfigError(f"demo budget {path}: {'; '.join(problems)}; it sets {', '.join(names)}")
     return Budget(**values)
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 import submitit
 
 from launcher.errors import LauncherError
-from launcher.study_presets import load_preset
 from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
+from launcher.study_presets import load_preset
 from pretrain.atomic_write import atomic_write, write_text_atomic
 from pretrain.errors import PretrainError
+
 
 def arm_strategy(arm: str) -> str:
     """An arm is a negative strategy (sampler.name), optionally a variant after a dash
@@ -545,6 +546,7 @@ CMC_GRAYSCALE = (
     "CMC is excluded: it contrasts the L and ab channels of Lab colour, and Fashion-MNIST is "
     "grayscale (ab is zero everywhere), so there is no second view to predict"
 )
+
 
 def check_methods_fit_dataset(methods: Sequence[str], dataset: str) -> None:
     if "cmc" in methods and dataset in GRAYSCALE_DATASETS:
