@@ -16,6 +16,7 @@ from detectron2.config import CfgNode, get_cfg
 from pretrain.backbones import DEPTHS
 from pretrain.errors import nearest_name
 from transfer.errors import TransferError
+from transfer.modeling import is_narrow_basic_resnet
 
 # transfer configs that need converted weights say so instead of silently training from scratch
 REQUIRED_WEIGHTS = "REQUIRED"
@@ -180,9 +181,8 @@ def choose_device(cfg, num_gpus, num_machines):
 
 def use_any_width_backbone(cfg):
     """Narrow (width-multiplied) ResNet-18/34 need our builder; Detectron2's asserts 64 channels."""
-    narrow = cfg.MODEL.RESNETS.DEPTH in (18, 34) and cfg.MODEL.RESNETS.RES2_OUT_CHANNELS != 64
     replacement = NARROW_BACKBONE_BUILDERS.get(cfg.MODEL.BACKBONE.NAME)
-    if narrow and replacement:
+    if is_narrow_basic_resnet(cfg.MODEL.RESNETS) and replacement:
         notice(
             f"ResNet-{cfg.MODEL.RESNETS.DEPTH} with {cfg.MODEL.RESNETS.RES2_OUT_CHANNELS} res2 "
             f"channels: MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME} -> {replacement}"

@@ -33,6 +33,12 @@ class Res5ROIHeadsExtraNorm(Res5ROIHeads):
         return res5, out_channels
 
 
+def is_narrow_basic_resnet(resnets_cfg) -> bool:
+    """ResNet-18/34 whose res2 is not 64 channels wide: Detectron2's own builder refuses it, so
+    transfer runs and the converter's verification both build it with ours."""
+    return resnets_cfg.DEPTH in BASIC_BLOCKS_PER_STAGE and resnets_cfg.RES2_OUT_CHANNELS != 64
+
+
 def basic_block_stages(depth, stem_channels, res2_channels, norm):
     stages = []
     in_channels, out_channels = stem_channels, res2_channels

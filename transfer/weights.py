@@ -34,7 +34,7 @@ from torch import nn
 from pretrain.backbones import build_backbone
 from pretrain.data import IMAGENET_MEAN, IMAGENET_STD
 from transfer.checkpointer import RecordingCheckpointer
-from transfer.modeling import build_any_width_resnet_backbone
+from transfer.modeling import build_any_width_resnet_backbone, is_narrow_basic_resnet
 from transfer.sources import (  # noqa: F401  (FORMATS: part of this module's API)
     FORMATS,
     ConversionError,
@@ -294,15 +294,11 @@ def build_detectron2_resnet(config: dict) -> nn.Module:
     cfg.MODEL.RESNETS.NORM = "BN"  # BN keeps num_batches_tracked, so every file key is checked
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     input_shape = ShapeSpec(channels=len(cfg.MODEL.PIXEL_MEAN))
-    if layout_is_narrow_basic(cfg.MODEL.RESNETS):
+    if is_narrow_basic_resnet(cfg.MODEL.RESNETS):
         # Detectron2's builder asserts 64 res2 channels for ResNet-18/34; transfer runs build
         # these with transfer.modeling's builder (Detectron2's own blocks), so verify with it.
         return build_any_width_resnet_backbone(cfg, input_shape)
     return build_resnet_backbone(cfg, input_shape)
-
-
-def layout_is_narrow_basic(resnets_cfg) -> bool:
-    return resnets_cfg.DEPTH in (18, 34) and resnets_cfg.RES2_OUT_CHANNELS != 64
 
 
 def load_like_a_detector(weights_path: Path, resnet: nn.Module) -> None:
