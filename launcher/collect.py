@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.errors import LauncherError
+from launcher.report import grouped_bars, interval_text, markdown_table, pyplot, save_png
 from launcher.stats import MeanCI, mean_confidence_interval, paired_difference_ci
 from launcher.sweep import JOB_FILE, RESULTS_FILE, Run, planned_runs, read_spec
 from pretrain.atomic_write import atomic_write, write_text_atomic
@@ -214,29 +215,20 @@ def column_title(column, single_task):
     return f"{group} {metric}" if single_task else f"{task} {group} {metric}"
 
 
-def format_summary(ci, seeds_planned, signed=False):
-    if ci is None:
-        return "-"
-    if math.isnan(ci.mean):
-        return "nan"
-    sign = "+" if signed else ""
-    text = f"{ci.mean:{sign}.2f}"
-    if ci.half_width is not None:
-        text += f" ± {ci.half_width:.2f}"
-    if ci.n < seeds_planned:
-        text += f" ({ci.n}/{seeds_planned} seeds)"
-    return text
-
-
 def wide_table(board, cells, rows, signed=False):
     single_task = len(board.spec["tasks"]) == 1
     seeds = len(board.spec["seeds"])
     titles = [column_title(column, single_task) for column in board.columns]
-    lines = ["| pretraining | " + " | ".join(titles) + " |", "|---" * (len(titles) + 1) + "|"]
-    for checkpoint in rows:
-        row = [format_summary(cells.get((checkpoint, c)), seeds, signed) for c in board.columns]
-        lines.append(f"| {checkpoint} | " + " | ".join(row) + " |")
-    return lines
+    table_rows = [
+        [checkpoint]
+        + [
+            interval_text(cells.get((checkpoint, c)), scale=1.0, digits=2, signed=signed,
+                          planned=seeds, absent="-")
+            for c in board.columns
+        ]
+        for checkpoint in rows
+    ]  # fmt: skip
+    return markdown_table(["pretraining", *titles], table_rows)
 
 
 def markdown_report(board):
@@ -262,8 +254,8 @@ def markdown_report(board):
         lines += wide_table(board, board.differences, others, signed=True)
     if board.missing:
         lines += ["", f"## Runs without results ({len(board.missing)})", ""]
-        lines += ["| run | problem | log |", "|---|---|---|"]
-        lines += [f"| {o.run.label} | {o.problem} | {o.log} |" for o in board.missing]
+        rows = [[o.run.label, o.problem, o.log] for o in board.missing]
+        lines += markdown_table(["run", "problem", "log"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -296,32 +288,17 @@ def write_csv(board, path):
 
 
 def bars(axes, board, cells, rows, ylabel):
+    series = {name: [cells.get((name, c)) for c in board.columns] for name in rows}
     single_task = len(board.spec["tasks"]) == 1
-    width = 0.8 / max(1, len(rows))
-    for index, checkpoint in enumerate(rows):
-        found = [cells.get((checkpoint, c)) or UNDEFINED for c in board.columns]
-        axes.bar(
-            [position + index * width for position in range(len(board.columns))],
-            [ci.mean for ci in found],
-            width,
-            yerr=[ci.half_width or 0.0 for ci in found],
-            capsize=3,
-            label=checkpoint,
-        )
-    axes.set_xticks([p + 0.4 - width / 2 for p in range(len(board.columns))])
-    titles = [column_title(c, single_task) for c in board.columns]
-    axes.set_xticklabels(titles, rotation=30, ha="right")
+    grouped_bars(axes, [column_title(c, single_task) for c in board.columns], series)
+    axes.tick_params(axis="x", labelrotation=30)
     axes.set_ylabel(ylabel)
     axes.legend(title="pretraining")
 
 
 def write_chart(board, path):
     """Grouped bars with 95% CIs; with a baseline, a second panel of paired differences."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = 2 if board.differences else 1
     width = max(6.0, 1.1 * len(board.columns) + 2)
     figure, axes = plt.subplots(panels, 1, figsize=(width, 4.0 * panels), squeeze=False)
@@ -332,8 +309,7 @@ def write_chart(board, path):
         bars(axes[1][0], board, board.differences, others, f"AP − {board.baseline} (paired)")
         axes[1][0].axhline(0.0, color="black", linewidth=0.8)
     figure.tight_layout()
-    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=120), binary=True)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def write_reports(sweep_dirs, baseline=None, output_dir=None):

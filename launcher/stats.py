@@ -46,11 +46,13 @@ class MeanCI:
         """True when the interval lies entirely on one side of zero (a resolved difference)."""
         return self.half_width is not None and (self.low > 0 or self.high < 0)
 
-    def format(self, scale: float = 100.0, digits: int = 1) -> str:
-        """`mean ± half` in percent by default; `mean (n=1)` when no interval exists."""
+    def format(self, scale: float = 100.0, digits: int = 1, signed: bool = False) -> str:
+        """`mean ± half` in percent by default (`+` shown when `signed`, for differences);
+        `mean (n=1)` when no interval exists."""
+        mean = f"{self.mean * scale:{'+' if signed else ''}.{digits}f}"
         if self.half_width is None:
-            return f"{self.mean * scale:.{digits}f} (n=1)"
-        return f"{self.mean * scale:.{digits}f} ± {self.half_width * scale:.{digits}f}"
+            return f"{mean} (n=1)"
+        return f"{mean} ± {self.half_width * scale:.{digits}f}"
 
 
 def t_quantile(confidence: float, dof: int) -> float:

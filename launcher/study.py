@@ -19,9 +19,10 @@ from pathlib import Path
 import submitit
 
 from launcher.errors import LauncherError
+from launcher.report import grouped_bars, interval_text, markdown_table, pyplot, save_png
 from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
 from launcher.study_presets import load_preset
-from pretrain.atomic_write import atomic_write, write_text_atomic
+from pretrain.atomic_write import write_text_atomic
 from pretrain.errors import PretrainError
 
 
@@ -375,39 +376,41 @@ def verdict(difference: MeanCI | None, arm: str = "ring") -> str:
     return "no resolved difference (CI includes 0)"
 
 
-def signed_points(ci: MeanCI) -> str:
-    text = ci.format()
-    return text if text.startswith("-") else "+" + text
-
-
 # ---------------------------------------------------------------- writing
 
 
-def markdown_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
+def metric_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
     """One metric's table; `floor` is the same metric measured on raw pixels."""
     confidence = next(
         (ci.confidence for s in summaries for ci in s.per_sampler.values() if ci), 0.95
     )
     pct = f"{confidence:.0%}"
+    header = ["method", "arm", "uniform", "arm", f"arm − uniform ({pct} CI)", "seeds", "verdict"]
+    rows = [
+        [
+            s.method,
+            s.arm,
+            interval_text(s.per_sampler.get("uniform"), absent="failed"),
+            interval_text(s.per_sampler.get(s.arm), absent="failed"),
+            interval_text(s.difference, signed=True),
+            len(s.paired_seeds),
+            verdict(s.difference, s.arm),
+        ]
+        for s in summaries
+    ]
     lines = [
         f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
         "",
-        f"| method | arm | uniform | arm | arm − uniform ({pct} CI) | seeds | verdict |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(header, rows),
     ]
-    for s in summaries:
-        cells = [
-            s.per_sampler[x].format() if s.per_sampler.get(x) else "failed"
-            for x in ("uniform", s.arm)
-        ]
-        diff = signed_points(s.difference) if s.difference else "—"
-        lines.append(
-            f"| {s.method} | {s.arm} | {cells[0]} | {cells[1]} | {diff} | "
-            f"{len(s.paired_seeds)} | {verdict(s.difference, s.arm)} |"
-        )
     if floor is not None:
         lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
     return "\n".join(lines)
+
+
+def seed_interval(records, method, arm, metric, confidence) -> MeanCI | None:
+    values = list(metric_by_seed(records, method, arm, metric).values())
+    return mean_confidence_interval(values, confidence) if values else None
 
 
 def training_table(records: Sequence[RunRecord], confidence: float = 0.95) -> str | None:
@@ -423,22 +426,18 @@ def training_table(records: Sequence[RunRecord], confidence: float = 0.95) -> st
     )
     if not names:
         return None
-    titles = [name[len(TRAINING_PREFIX) :] for name in names]
-    lines = [
-        f"**Training scalars, last epoch** (mean ± {confidence:.0%} CI over seeds)",
-        "",
-        "| method | arm | " + " | ".join(titles) + " |",
-        "|---" * (len(names) + 2) + "|",
-    ]
+    rows = []
     for method in dict.fromkeys(r.method for r in records):
         for arm in arms_of([r for r in records if r.method == method]):
-            cells = []
-            for name in names:
-                values = list(metric_by_seed(records, method, arm, name).values())
-                ci = mean_confidence_interval(values, confidence) if values else None
-                cells.append(ci.format(scale=1.0, digits=3) if ci else "—")
-            lines.append(f"| {method} | {arm} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            cells = [
+                interval_text(seed_interval(records, method, arm, name, confidence), scale=1.0,
+                              digits=3)
+                for name in names
+            ]  # fmt: skip
+            rows.append([method, arm, *cells])
+    header = ["method", "arm", *(name[len(TRAINING_PREFIX) :] for name in names)]
+    title = f"**Training scalars, last epoch** (mean ± {confidence:.0%} CI over seeds)"
+    return "\n".join([title, "", *markdown_table(header, rows)])
 
 
 def failures_section(summaries: Sequence[MethodSummary]) -> str:
@@ -451,54 +450,31 @@ def failures_section(summaries: Sequence[MethodSummary]) -> str:
     )
 
 
-ARM_COLOURS = ("#8c8c8c", "#d1495b", "#edae49", "#00798c", "#30638e", "#6a4c93", "#2e933c")
-
-
 def bar_chart(records: Sequence[RunRecord], floor: dict, path: Path, confidence=0.95) -> None:
     """Grouped bars (one per arm) per method with CI whiskers, one panel per metric."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     panels = METRICS[:3]
     arms = arms_of(records)
     methods = list(dict.fromkeys(r.method for r in records))
-    width = 0.8 / len(arms)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
-        lows = [floor[key] * 100] if key in floor else []
-        for a, arm in enumerate(arms):
-            cis = []
-            for method in methods:
-                values = list(metric_by_seed(records, method, arm, key).values())
-                cis.append(mean_confidence_interval(values, confidence) if values else None)
-            heights = [ci.mean * 100 if ci else math.nan for ci in cis]
-            errors = [(ci.half_width or 0.0) * 100 if ci else 0.0 for ci in cis]
-            lows += [h - e for h, e in zip(heights, errors) if not math.isnan(h)]
-            offset = (a - (len(arms) - 1) / 2) * width
-            ax.bar(
-                [m + offset for m in range(len(methods))],
-                heights,
-                width=width * 0.95,
-                yerr=errors,
-                capsize=2,
-                color=ARM_COLOURS[a % len(ARM_COLOURS)],
-                label=arm,
-            )
+        series = {
+            arm: [seed_interval(records, method, arm, key, confidence) for method in methods]
+            for arm in arms
+        }
+        lowest = grouped_bars(ax, methods, series, scale=100.0)
         if key in floor:
             ax.axhline(floor[key] * 100, ls="--", color="k", lw=1, label="raw pixels")
-        ax.set_xticks(range(len(methods)), methods)
+            lowest = min(lowest, floor[key] * 100)
         ax.set_title(label)
         ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(max(0.0, min(lows, default=5.0) - 5), 100)
+        ax.set_ylim(max(0.0, (5.0 if math.isnan(lowest) else lowest) - 5), 100)
     # one legend below the panels, where it cannot hide a bar
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
     fig.suptitle(f"negative strategies (mean ± {confidence:.0%} CI over seeds)")
     fig.tight_layout(rect=(0, 0.09, 1, 1))
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120), binary=True)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_report(
@@ -523,7 +499,7 @@ def write_report(
             summaries = summarise(records, key, confidence)
         except StatsError as exc:
             raise StudyError(f"cannot summarise {label}: {exc}") from exc
-        sections.append(markdown_table(summaries, label, floor.get(key)) + "\n")
+        sections.append(metric_table(summaries, label, floor.get(key)) + "\n")
         if key == METRICS[0][0]:
             headline = {f"{s.method} {s.arm}": verdict(s.difference, s.arm) for s in summaries}
             sections.append(failures_section(summaries) + "\n")
