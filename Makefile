@@ -26,5 +26,5 @@ format: setup
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) benchmarks/ring_selection.py
-	$(PY) benchmarks/train_throughput.py --preset cpu
+	$(PY) -m benchmarks.ring_selection
+	$(PY) -m benchmarks.train_throughput --preset cpu

@@ -6,7 +6,16 @@ setup(
     description="Contrastive pretraining with Ring (conditional) negatives and Detectron2 transfer",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["pretrain", "pretrain.*", "transfer", "transfer.*", "launcher", "launcher.*"]
+        include=[
+            "pretrain",
+            "pretrain.*",
+            "transfer",
+            "transfer.*",
+            "launcher",
+            "launcher.*",
+            "benchmarks",
+            "benchmarks.*",
+        ]
     ),
     install_requires=[
         "torch>=2.1",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-image cost of one MoCo v2 view: the PIL pipeline vs batched tensor ops (augment_on gpu).
 
-    python benchmarks/augment_cost.py [--preset full|smoke] [--devices auto|cpu|cuda|cpu,cuda]
+    python -m benchmarks.augment_cost [--preset full|smoke] [--devices auto|cpu|cuda|cpu,cuda]
         [--batch N] [--repeats N] [--threads N] [--json OUT.json]
 
 Rows, measured interleaved in one run on the same images (ImageNet-like 500 x 375 photos,
@@ -16,18 +16,12 @@ Ratios are pil / batched; with ``--threads 1`` (the default) a CPU row is one co
 import argparse
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, augmentation
-from pretrain.errors import PretrainError, one_line_errors
-from pretrain.gpu_augment import BatchAugment, ToCanvas, spec_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
-from timing import (  # noqa: E402
+from benchmarks.timing import (
     finish_run,
     interleaved_times,
     machine_facts,
@@ -35,6 +29,9 @@ from timing import (  # noqa: E402
     resolve_devices,
     synchronize,
 )
+from pretrain.data import IMAGENET_MEAN, IMAGENET_STD, augmentation
+from pretrain.errors import PretrainError, one_line_errors
+from pretrain.gpu_augment import BatchAugment, ToCanvas, spec_for
 
 PRESETS = {  # batch, image size, source width x height, repeats
     "full": (64, 224, (500, 375), 5),

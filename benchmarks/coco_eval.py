@@ -1,6 +1,6 @@
 """Time COCO evaluation per task: pycocotools vs faster-coco-eval (what transfer runs use).
 
-    python benchmarks/coco_eval.py [--small] [--images N] [--detections D] [--json OUT]
+    python -m benchmarks.coco_eval [--small] [--images N] [--detections D] [--json OUT]
 
 A generated COCO-val-sized set (5,000 640x480 images, ~7 ground-truth people each with a box, a
 polygon mask and 17 keypoints; ~100 detections per image: jittered copies of the ground truth
@@ -15,18 +15,15 @@ import copy
 import io
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from benchmarks.timing import finish_run, machine_facts
 from pretrain.errors import PretrainError, one_line_errors
 from transfer.evaluation import FASTER_TASKS, coco_eval_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
-from timing import finish_run, machine_facts  # noqa: E402
 
 WIDTH, HEIGHT, KEYPOINTS = 640, 480, 17
 TASKS = ("bbox", "segm", "keypoints")

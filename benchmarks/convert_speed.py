@@ -1,6 +1,6 @@
 """Print how long converting (and verifying) a ResNet-50 takes on this machine's CPU.
 
-python benchmarks/convert_speed.py [--threads N] [--repeats R]
+python -m benchmarks.convert_speed [--threads N] [--repeats R]
 """
 
 import argparse

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-step cost of choosing negatives: uniform vs ring (the paper's estimator) vs a full sort.
 
-    python benchmarks/ring_selection.py [--preset full|smoke] [--shapes moco ir60k ir1m]
+    python -m benchmarks.ring_selection [--preset full|smoke] [--shapes moco ir60k ir1m]
         [--devices auto|cpu|cuda|cpu,cuda] [--repeats N] [--threads N] [--upper 0.1]
         [--lower-ratio 0.1] [--json OUT.json]
 
@@ -28,24 +28,21 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pretrain.errors import PretrainError, one_line_errors
-from pretrain.losses import info_nce
-from pretrain.pools import BankPool, DensePool
-from pretrain.samplers import NegativeSampler, ring_rank_range
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
-from timing import (  # noqa: E402
+from benchmarks.timing import (
     finish_run,
     interleaved_times,
     machine_facts,
     median,
     resolve_devices,
 )
+from pretrain.errors import PretrainError, one_line_errors
+from pretrain.losses import info_nce
+from pretrain.pools import BankPool, DensePool
+from pretrain.samplers import NegativeSampler, ring_rank_range
 
 TARGET_RING_OVER_UNIFORM = 1.15  # issue 12, MoCo shape, forward
 LOSS_TOLERANCE = 1e-4  # float32 logsumexp over 65k terms in different orders

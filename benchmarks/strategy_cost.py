@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Loss forward+backward of every negative strategy relative to uniform, at the MoCo shape.
 
-    python benchmarks/strategy_cost.py [--preset full|smoke] [--devices auto|cpu|cuda]
+    python -m benchmarks.strategy_cost [--preset full|smoke] [--devices auto|cpu|cuda]
         [--repeats N] [--threads N] [--json OUT.json]
 
 B = 256 queries, a queue of K = 65,536 keys, d = 128 (``smoke``: tiny). Each strategy runs
@@ -12,16 +12,13 @@ MoCHi runs at the paper's (N, s, s') = (1024, 1024, 256); DCL/HCL at tau_plus 0.
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
+from benchmarks.ring_selection import SHAPES, make_inputs, quartiles, sampler_loss
+from benchmarks.timing import finish_run, interleaved_times, machine_facts, median, resolve_devices
 from pretrain.errors import PretrainError, one_line_errors
 from pretrain.samplers import NegativeSampler
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, ring_selection
-from ring_selection import SHAPES, make_inputs, quartiles, sampler_loss  # noqa: E402
-from timing import finish_run, interleaved_times, machine_facts, median, resolve_devices  # noqa: E402
 
 STRATEGIES = {
     "uniform": {},

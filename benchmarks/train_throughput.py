@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Images/s of a full pretraining step (MoCo v2, Ring-MoCo v2): synthetic vs loader-fed.
 
-    python benchmarks/train_throughput.py [--preset gpu|cpu|smoke] [--methods moco,ring-moco]
+    python -m benchmarks.train_throughput [--preset gpu|cpu|smoke] [--methods moco,ring-moco]
         [--workers N] [--steps N] [--rounds N] [--data-dir DIR] [--threads N] [--json OUT.json]
 
 A step is what ``pretrain.trainer`` does per batch: the project's MoCo method (query forward,
@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from benchmarks.timing import finish_run, machine_facts, median, synchronize
 from pretrain.data import load_source
 from pretrain.distributed import DistInfo
 from pretrain.errors import PretrainError, one_line_errors
@@ -55,9 +56,6 @@ from pretrain.trainer import (
     train_step,
     views_on_device,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py
-from timing import finish_run, machine_facts, median, synchronize  # noqa: E402
 
 METHODS = {"moco": "uniform", "ring-moco": "ring"}  # benchmark name -> sampler
 FEEDS = ("synthetic", "loader", "loader_only")

@@ -1,26 +1,20 @@
 """The benchmark scripts run end to end on tiny shapes (so they cannot rot), and refuse bad input.
 
-Scripts are loaded in-process from their files (one torch import for all) with one CPU thread:
-a quick figure, not a measurement. Nothing here asserts a speed.
+Scripts are imported in-process from the ``benchmarks`` package (one torch import for all) with
+one CPU thread: a quick figure, not a measurement. Nothing here asserts a speed.
 """
 
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from pretrain.errors import PretrainError
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 # The scripts' --threads 1 sets what this fixture restores afterwards.

@@ -103,14 +103,10 @@ def test_detectron2s_compiled_evaluator_is_restored_after_evaluating(tmp_path):
 
 
 def test_benchmark_small_run_agrees_and_prints_speedups_last(tmp_path, capsys):
-    import importlib.util
     import json
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "coco_eval.py"
-    spec = importlib.util.spec_from_file_location("benchmark_coco_eval", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from benchmarks import coco_eval as script
+
     assert script.main(["--small", "--json", str(tmp_path / "coco.json")]) == 0
 
     rows = json.loads((tmp_path / "coco.json").read_text())["rows"]

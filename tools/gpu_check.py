@@ -45,8 +45,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tools"), str(REPO / "benchmarks")]
+sys.path.insert(0, str(REPO))  # the repository's packages uninstalled, as on the device machine
 
+# beside this script, whose folder Python puts on sys.path when it runs the script
 from gpu_check_parts import PARTS  # noqa: E402
 
 from pretrain.errors import PretrainError, one_line_errors  # noqa: E402

@@ -59,7 +59,7 @@ def benchmark_json(module_name, argv, work_dir, tag=""):
     """Runs a benchmark script's ``main(argv)`` with ``--json`` and returns that JSON."""
     path = work_dir / f"{module_name}{tag}.json"
     path.unlink(missing_ok=True)
-    status = importlib.import_module(module_name).main([*argv, "--json", str(path)])
+    status = importlib.import_module(f"benchmarks.{module_name}").main([*argv, "--json", str(path)])
     if status != 0 or not path.is_file():
         raise RuntimeError(f"benchmarks/{module_name}.py exited {status}")
     return json.loads(path.read_text())

@@ -51,8 +51,8 @@ done
 import sys, tempfile
 from pathlib import Path
 
-sys.path.insert(0, "tools")
-from install_detectron2 import pip, prepared_source
+# tools/ as a namespace package: this runs from the repository root (the cd above)
+from tools.install_detectron2 import pip, prepared_source
 
 out = Path(sys.argv[1]).resolve()
 with tempfile.TemporaryDirectory() as tmp:
