@@ -21,6 +21,7 @@ import yaml
 
 from launcher.collect import write_reports
 from launcher.executors import Resources
+from launcher.report import markdown_table
 from launcher.sweep import load_sweep, submit_sweep, weights_path
 from pretrain.config import ConfigError, load_config
 from pretrain.data import load_source
@@ -261,7 +262,7 @@ TABLE_COLUMNS = (
 
 def results_table(evaluations, converted, transfers):
     """Markdown: one row per pretraining (raw pixels first), accuracy in %, AP in COCO points."""
-    lines = ["| pretraining | " + " | ".join(TABLE_COLUMNS) + " |", "|---" * 8 + "|"]
+    rows = []
     for name, evaluation in evaluations.items():
         knn, linear = evaluation["knn20_top1"], evaluation["linear_top1"]
         cells = [fmt(knn, 100), fmt(linear, 100)]
@@ -277,8 +278,8 @@ def results_table(evaluations, converted, transfers):
         else:
             cells += ["-"] * 5
         label = name if name not in converted else f"{name}-MoCo"
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append([label, *cells])
+    return "\n".join(markdown_table(["pretraining", *TABLE_COLUMNS], rows))
 
 
 def run_demo(run_dir, budget, cluster=None):
