@@ -8,7 +8,9 @@
 Shapes:
 - ``moco``: B = 256 queries against one queue of K = 65,536 keys (d = 128). ``uniform`` uses the
   whole queue; ``ring`` ranks it, keeps ranks [lower, upper) and draws K from that ring (equal
-  negatives per anchor); ``ring_once`` uses the ring once (the authors' MoCoRing); ``full_sort``
+  negatives per anchor); ``ring_once`` uses the ring once (the authors' MoCoRing); ``selection`` is
+  uniform's loss plus the ring's selection (result unused), to split the ring's cost between
+  ranking and drawing; ``full_sort``
   is a reference written here: a full sort of every row, the ring sliced, the same draws.
 - ``ir60k`` / ``ir1m``: B = 256 anchors against a memory bank of N = 60,000 (Fashion-MNIST) or
   N = 1,281,167 (ImageNet) entries, K = 4,096 negatives each. ``uniform`` draws K from the bank;
@@ -130,6 +132,19 @@ def full_sort_loss(shape, lower, upper):
     return loss
 
 
+def selection_only_loss(shape, lower, upper):
+    """Uniform's loss plus the ring's selection, its result unused: what ranking alone costs,
+    so that ``ring - ring_once`` and ``selection - uniform`` split the ring's price in two."""
+    uniform = sampler_loss(shape, NegativeSampler("uniform"))
+
+    def loss(anchor, positive, pool, own):
+        dense = make_pool(shape, anchor, pool, own)
+        dense.ring_members(*ring_rank_range(dense.size, lower, upper), max_bytes=2**30)
+        return uniform(anchor, positive, pool, own)
+
+    return loss
+
+
 def variants(shape, options):
     ring = NegativeSampler("ring", **options)
     found = {
@@ -140,6 +155,7 @@ def variants(shape, options):
         found["ring_once"] = sampler_loss(
             shape, NegativeSampler("ring", num_negatives="ring", **options)
         )
+        found["selection"] = selection_only_loss(shape, ring.lower, ring.upper)
     if shape.bank * shape.batch * 4 <= 2**30:  # the dense reference needs B x N floats
         found["full_sort"] = full_sort_loss(shape, ring.lower, ring.upper)
     return found
@@ -281,6 +297,15 @@ def print_table(rows):
             f"{row['uniform_peak_mib']:6.0f}/{row['ring_peak_mib']:<6.0f}  {verdict(row)}"
         )
     for row in rows:
+        if "selection_s" in row and row["pass"] == "forward":
+            uniform = row["uniform_s"]
+            print(
+                f"{row['device']} {row['shape']} forward, x uniform: selecting the ring alone "
+                f"{row['selection_s'] / uniform:.2f}, the ring used once "
+                f"{row['ring_once_s'] / uniform:.2f}, equal-count draws from it "
+                f"{row['ring_s'] / uniform:.2f} (the draws add "
+                f"{(row['ring_s'] - row['ring_once_s']) / uniform:.2f})"
+            )
         if row["bank"] and row["pass"] == "forward":
             print(
                 f"{row['shape']}: a dense B x N similarity matrix would hold "
