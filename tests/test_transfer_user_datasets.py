@@ -63,6 +63,12 @@ def _drop_images(data):
     return {k: v for k, v in data.items() if k != "images"}
 
 
+def _set_first_ids(data, ids):
+    for annotation, new_id in zip(data["annotations"], ids):
+        annotation["id"] = new_id
+    return data
+
+
 def _missing_photo(folder):
     (folder / "JPEGImages" / "2011_000003.jpg").unlink()
 
@@ -77,6 +83,8 @@ def _missing_photo(folder):
         ("missing image", r"dataset mine: 1 of 3 images .* are not in .*2011_000003.jpg"),
         ("missing folder", r"dataset mine: image folder .*nowhere not found"),
         ("wrong classes", r"dataset mine has 21 categories but MODEL.ROI_HEADS.NUM_CLASSES is 5"),
+        ("id zero", r"dataset mine: .* has annotation id 0; .* unique annotation ids from 1"),
+        ("repeated ids", r"dataset mine: .* has 1 repeated annotation ids; .*renumber them"),
     ],
 )
 def test_bad_own_dataset_is_one_line_before_any_model(tmp_path, labelme_copy, kind, match):
@@ -93,6 +101,10 @@ def test_bad_own_dataset_is_one_line_before_any_model(tmp_path, labelme_copy, ki
         _missing_photo(labelme_copy)
     elif kind == "missing folder":
         spec = f"mine={labelme_copy / 'annotations.json'}:{tmp_path / 'nowhere'}"
+    elif kind == "id zero":
+        break_json(labelme_copy, lambda data: _set_first_ids(data, [0]))
+    elif kind == "repeated ids":
+        break_json(labelme_copy, lambda data: _set_first_ids(data, [100, 100]))
     elif kind == "wrong classes":
         more = ["MODEL.ROI_HEADS.NUM_CLASSES", "5"]
     with pytest.raises(TransferError, match=match) as raised:

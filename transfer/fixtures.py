@@ -67,16 +67,33 @@ def fixtures_dir():
     return cache_dir() / "fixtures"
 
 
-def labelme_coco_path():
-    return fixtures_dir() / "labelme_coco"
-
-
-def labelme_coco_dir():
-    """The labelme COCO fixture folder (``annotations.json`` + ``JPEGImages/``)."""
-    folder = labelme_coco_path()
+def labelme_source_dir():
+    """labelme's own COCO export as set-up fetched it (``annotations.json`` + ``JPEGImages/``)."""
+    folder = fixtures_dir() / "labelme_coco"
     if not (folder / "annotations.json").is_file() or not (folder / "JPEGImages").is_dir():
         raise TransferError(f"labelme COCO fixture not found in {folder}: {SETUP_HINT}")
     return folder
+
+
+def labelme_coco_path():
+    return fixtures_dir() / "labelme_coco_ids_from_1"
+
+
+def write_labelme_coco(source, target):
+    """labelme numbers its annotations from 0, and COCOeval stores a match as the matched
+    annotation's id with 0 meaning "unmatched": detections of annotation 0 would count as false
+    positives (a perfect detector scores AP 25 instead of 100 on two boxes). Renumber from 1."""
+    coco = json.loads((source / "annotations.json").read_text())
+    for number, annotation in enumerate(coco["annotations"], 1):
+        annotation["id"] = number
+    (target / "annotations.json").write_text(json.dumps(coco))
+    shutil.copytree(source / "JPEGImages", target / "JPEGImages")
+
+
+def labelme_coco_dir():
+    """The labelme COCO fixture folder, annotation ids from 1; built on first use."""
+    source = labelme_source_dir()
+    return build_atomically(labelme_coco_path(), lambda tmp: write_labelme_coco(source, tmp))
 
 
 def build_atomically(folder, write):

@@ -59,7 +59,23 @@ def read_coco_json(name, annotations):
         )
     if not data["categories"]:
         raise TransferError(f"dataset {name}: {annotations} lists no categories")
+    check_annotation_ids(name, annotations, data["annotations"])
     return data
+
+
+def check_annotation_ids(name, annotations, entries):
+    """Unique positive integer ids, or COCO's AP is silently wrong: COCOeval keeps one entry per
+    id, and records a match as the matched annotation's id with 0 meaning "unmatched", so the
+    detections of an annotation with id 0 count as false positives."""
+    ids = [entry.get("id") for entry in entries]
+    bad = [i for i in ids if type(i) is not int or i < 1]
+    repeated = len(ids) - len(set(map(str, ids)))
+    if bad or repeated:
+        problem = f"annotation id {bad[0]!r}" if bad else f"{repeated} repeated annotation ids"
+        raise TransferError(
+            f"dataset {name}: {annotations} has {problem}; COCO evaluation needs unique "
+            "annotation ids from 1 (renumber them 1..N), or its AP is wrong"
+        )
 
 
 def check_images(name, data, annotations, image_dir):
