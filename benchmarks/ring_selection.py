@@ -135,12 +135,13 @@ def full_sort_loss(shape, lower, upper):
 def selection_only_loss(shape, lower, upper):
     """Uniform's loss plus the ring's selection, its result unused: what ranking alone costs,
     so that ``ring - ring_once`` and ``selection - uniform`` split the ring's price in two."""
-    uniform = sampler_loss(shape, NegativeSampler("uniform"))
+    uniform = NegativeSampler("uniform")
 
     def loss(anchor, positive, pool, own):
         dense = make_pool(shape, anchor, pool, own)
         dense.ring_members(*ring_rank_range(dense.size, lower, upper), max_bytes=2**30)
-        return uniform(anchor, positive, pool, own)
+        positive_similarity = (anchor * positive).sum(dim=1)
+        return uniform.contrast(anchor, positive_similarity, dense, shape.temperature)[0]
 
     return loss
 

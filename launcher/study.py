@@ -312,6 +312,7 @@ class MethodSummary:
     paired_seeds: list[int]
     failed: list[str]
     arm: str = "ring"
+    reference: str = "uniform"  # what the difference is taken against
 
 
 def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metric: str):
@@ -328,8 +329,15 @@ def arms_of(records: Sequence[RunRecord]) -> list[str]:
     return sorted(arms, key=lambda arm: arm != "uniform")
 
 
+def comparisons(arms: Sequence[str]) -> list[tuple[str, str]]:
+    """(arm, reference) pairs: every arm against uniform, and a variant (ring-anneal) also
+    against its own strategy (ring) when both ran, so the study says which default is better."""
+    pairs = [(arm, "uniform") for arm in arms if arm != "uniform"]
+    return pairs + [(a, arm_strategy(a)) for a in arms if a != arm_strategy(a) in arms]
+
+
 def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> list[MethodSummary]:
-    """Per (method, arm): mean ± CI, and the paired arm - uniform difference."""
+    """Per (method, arm): mean ± CI, and the paired difference to each of its references."""
     methods = list(dict.fromkeys(r.method for r in records))
     if not methods:
         raise StudyError("no run records to summarise: the study produced nothing")
@@ -345,22 +353,24 @@ def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> lis
             s: mean_confidence_interval(list(v.values()), confidence) if v else None
             for s, v in by_sampler.items()
         }
-        for arm in arms[1:]:
-            common = sorted(set(by_sampler[arm]) & set(by_sampler.get("uniform", {})))
+        for arm, reference in comparisons(arms):
+            common = sorted(set(by_sampler[arm]) & set(by_sampler.get(reference, {})))
             difference = None
             if common:
                 difference = paired_difference_ci(
                     {s: by_sampler[arm][s] for s in common},
-                    {s: by_sampler["uniform"][s] for s in common},
+                    {s: by_sampler[reference][s] for s in common},
                     confidence,
                 )
             failed = [
                 f"{r.sampler} seed {r.seed}: {r.error}"
                 for r in records
-                if r.method == method and r.sampler in ("uniform", arm) and r.error is not None
+                if r.method == method and r.sampler in (reference, arm) and r.error is not None
             ]
             summaries.append(
-                MethodSummary(method, metric, per_sampler, difference, common, failed, arm)
+                MethodSummary(
+                    method, metric, per_sampler, difference, common, failed, arm, reference
+                )
             )
     return summaries
 
@@ -379,18 +389,13 @@ def verdict(difference: MeanCI | None, arm: str = "ring") -> str:
 # ---------------------------------------------------------------- writing
 
 
-def metric_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
-    """One metric's table; `floor` is the same metric measured on raw pixels."""
-    confidence = next(
-        (ci.confidence for s in summaries for ci in s.per_sampler.values() if ci), 0.95
-    )
-    pct = f"{confidence:.0%}"
-    header = ["method", "arm", "uniform", "arm", f"arm − uniform ({pct} CI)", "seeds", "verdict"]
-    rows = [
+def comparison_rows(summaries: Sequence[MethodSummary], with_reference: bool) -> list[list]:
+    return [
         [
             s.method,
             s.arm,
-            interval_text(s.per_sampler.get("uniform"), absent="failed"),
+            *([s.reference] if with_reference else []),
+            interval_text(s.per_sampler.get(s.reference), absent="failed"),
             interval_text(s.per_sampler.get(s.arm), absent="failed"),
             interval_text(s.difference, signed=True),
             len(s.paired_seeds),
@@ -398,11 +403,27 @@ def metric_table(summaries: Sequence[MethodSummary], label: str, floor: float | 
         ]
         for s in summaries
     ]
+
+
+def metric_table(summaries: Sequence[MethodSummary], label: str, floor: float | None) -> str:
+    """One metric's table (every arm against uniform; variants also against their strategy);
+    `floor` is the same metric measured on raw pixels."""
+    confidence = next(
+        (ci.confidence for s in summaries for ci in s.per_sampler.values() if ci), 0.95
+    )
+    pct = f"{confidence:.0%}"
+    against_uniform = [s for s in summaries if s.reference == "uniform"]
+    header = ["method", "arm", "uniform", "arm", f"arm − uniform ({pct} CI)", "seeds", "verdict"]
     lines = [
         f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
         "",
-        *markdown_table(header, rows),
+        *markdown_table(header, comparison_rows(against_uniform, with_reference=False)),
     ]
+    variants = [s for s in summaries if s.reference != "uniform"]
+    if variants:
+        header = ["method", "variant", "strategy", "strategy's", "variant's",
+                  f"variant − strategy ({pct} CI)", "seeds", "verdict"]  # fmt: skip
+        lines += ["", *markdown_table(header, comparison_rows(variants, with_reference=True))]
     if floor is not None:
         lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
     return "\n".join(lines)
@@ -501,7 +522,10 @@ def write_report(
             raise StudyError(f"cannot summarise {label}: {exc}") from exc
         sections.append(metric_table(summaries, label, floor.get(key)) + "\n")
         if key == METRICS[0][0]:
-            headline = {f"{s.method} {s.arm}": verdict(s.difference, s.arm) for s in summaries}
+            headline = {
+                f"{s.method} {s.arm} vs {s.reference}": verdict(s.difference, s.arm)
+                for s in summaries
+            }
             sections.append(failures_section(summaries) + "\n")
     training = training_table(records, confidence)
     if training:

@@ -71,12 +71,27 @@ def test_verdict_words(difference, words):
     assert verdict(difference) == words
 
 
+def test_a_variant_is_compared_with_uniform_and_with_its_own_strategy(tmp_path):
+    records = study_records()[:6] + [
+        record("moco", "ring-anneal", seed, top1) for seed, top1 in enumerate((0.84, 0.86, 0.85))
+    ]
+    summaries = summarise(records, "linear_top1")
+    pairs = [(s.arm, s.reference) for s in summaries]
+    assert pairs == [("ring", "uniform"), ("ring-anneal", "uniform"), ("ring-anneal", "ring")]
+    versus_ring = summaries[-1].difference
+    assert versus_ring.mean == pytest.approx(0.01) and versus_ring.half_width == pytest.approx(0)
+    headline = write_report(records, {}, tmp_path, "python x", "data")
+    assert headline["moco ring-anneal vs ring"] == "ring-anneal better"
+    text = (tmp_path / "results.md").read_text()
+    assert "| moco | ring-anneal | ring | 84.0 ± 2.5 | 85.0 ± 2.5 | +1.0 ± 0.0 | 3 |" in text
+
+
 def test_report_files(tmp_path):
     floor = {"linear_top1": 0.84, "knn20_top1": 0.80, "knn200_top1": 0.74, "linear_top5": 0.99}
     headline = write_report(study_records(), floor, tmp_path, "python x --flag", "Fashion-MNIST")
     assert headline == {
-        "moco ring": "ring better",
-        "ir ring": "no resolved difference (CI includes 0)",
+        "moco ring vs uniform": "ring better",
+        "ir ring vs uniform": "no resolved difference (CI includes 0)",
     }
     text = (tmp_path / "results.md").read_text()
     assert "python x --flag" in text
