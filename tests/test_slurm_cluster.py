@@ -82,7 +82,7 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster)
     executor, resources = probe_executor(cluster / "logs")
     job = submit(executor, resources, ProbeJob(), str(workdir), 24, 0.3)
     wait_until(lambda: read_progress(workdir) >= 6, 60, "the probe to pass step 6")
-    preempt(job.job_id)
+    preempt(job.job_id, job.paths.stdout)
     result = job.result()  # waits through the requeue (cred_expire) and the second run
     uninterrupted = ProbeJob()(cluster / "uninterrupted", 24)
     assert result["resumed_from_step"] >= 6
@@ -169,10 +169,18 @@ def test_multi_task_job_gets_one_rendezvous_and_distinct_ranks(cluster):
     assert {task["MASTER_PORT"] for task in tasks} == {str(rendezvous_port(job.job_id))}
 
 
-def preempt(job_id):
+def preempt(job_id, log_path):
     """What Slurm does on preemption with submitit's --signal: SIGTERM, then USR2, on which
-    submitit calls the job's checkpoint() and requeues it."""
+    submitit calls the job's checkpoint() and requeues it. scancel only queues a signal, so USR2
+    waits until the job has handled TERM: delivered the other way round, TERM also reaches the
+    `scontrol requeue` child submitit has just started and kills it, failing the job."""
     subprocess.run(["scancel", "--signal", "TERM", job_id], check=True)
+    log_path = Path(log_path)
+    wait_until(
+        lambda: log_path.is_file() and "Bypassing signal SIGTERM" in log_path.read_text(),
+        60,
+        "the job to handle SIGTERM",
+    )
     subprocess.run(["scancel", "--signal", "USR2", job_id], check=True)
 
 
@@ -200,10 +208,11 @@ def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster):
     command += ["--gpus-per-node", "0", "--cpus-per-task", "1", "--mem-gb", "3", "--wait"]
     command += [*overrides, f"output_dir={output}"]
     submitter = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, text=True)
-    job_id = submitter.stdout.readline().split()[1].rstrip(":")  # "job <id>: log <path>"
+    _, job_id, _, log_path = submitter.stdout.readline().split()  # "job <id>: log <path>"
+    job_id = job_id.rstrip(":")
     checkpoints = output / "checkpoints"
     wait_until(lambda: (checkpoints / "epoch_0001.pth").is_file(), 120, "epoch 1's checkpoint")
-    preempt(job_id)
+    preempt(job_id, log_path)
     result = json.loads(submitter.stdout.read().strip().splitlines()[-1])
     assert submitter.wait(timeout=60) == 0
     assert "REQUEUED" in settled_states(job_id, duplicates=True)
