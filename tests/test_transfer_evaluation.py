@@ -113,4 +113,3 @@ def test_benchmark_small_run_agrees_and_prints_speedups_last(tmp_path, capsys):
     assert [row["task"] for row in rows] == ["bbox", "segm", "keypoints"]
     assert all(row["max_abs_stat_diff"] <= 1e-6 and 0.05 < row["AP"] < 0.95 for row in rows)
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("speedup keypoints:")
-
