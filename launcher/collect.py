@@ -291,7 +291,7 @@ def bars(axes, board, cells, rows, ylabel):
     series = {name: [cells.get((name, c)) for c in board.columns] for name in rows}
     single_task = len(board.spec["tasks"]) == 1
     grouped_bars(axes, [column_title(c, single_task) for c in board.columns], series)
-    axes.tick_params(axis="x", labelrotation=30)
+    axes.set_xticklabels(axes.get_xticklabels(), rotation=30, ha="right")
     axes.set_ylabel(ylabel)
     axes.legend(title="pretraining")
 

@@ -333,7 +333,8 @@ def comparisons(arms: Sequence[str]) -> list[tuple[str, str]]:
     """(arm, reference) pairs: every arm against uniform, and a variant (ring-anneal) also
     against its own strategy (ring) when both ran, so the study says which default is better."""
     pairs = [(arm, "uniform") for arm in arms if arm != "uniform"]
-    return pairs + [(a, arm_strategy(a)) for a in arms if a != arm_strategy(a) in arms]
+    variants = [arm for arm in arms if arm_strategy(arm) != arm and arm_strategy(arm) in arms]
+    return pairs + [(variant, arm_strategy(variant)) for variant in variants]
 
 
 def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> list[MethodSummary]:
