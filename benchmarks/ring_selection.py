@@ -301,7 +301,8 @@ def print_table(rows):
         if "selection_s" in row and row["pass"] == "forward":
             uniform = row["uniform_s"]
             print(
-                f"{row['device']} {row['shape']} forward, x uniform: selecting the ring alone "
+                f"{row['device']} {row['shape']} forward, x uniform: uniform plus the ring's "
+                "selection "
                 f"{row['selection_s'] / uniform:.2f}, the ring used once "
                 f"{row['ring_once_s'] / uniform:.2f}, equal-count draws from it "
                 f"{row['ring_s'] / uniform:.2f} (the draws add "
