@@ -10,9 +10,9 @@ A classification task names a dataset and a protocol (transfer.classification)::
 
 A suite (a dataset with ``domains``) becomes one task per domain, named ``<task>.<domain>``.
 Checkpoints are read as they are (no Detectron2 conversion); ``random`` is a random-init
-backbone of the sweep's checkpoints' architecture, ``pixels`` the raw-pixel floor (for
-classification tasks only). Features are cached under the project cache and shared by every
-protocol and seed.
+backbone of the network of another checkpoint (its ``like``, else the first with a file, as for
+Detectron2 tasks), ``pixels`` the raw-pixel floor (for classification tasks only). Features are
+cached under the project cache and shared by every protocol and seed.
 """
 
 from launcher.errors import LauncherError
@@ -72,6 +72,17 @@ def check_checkpoints(checkpoints, tasks):
         )
 
 
+def like_entry(checkpoints, entry):
+    """The checkpoint whose network and input pipeline ``random`` and ``pixels`` copy: the
+    entry's ``like`` (launcher.sweep), else the sweep's first checkpoint with a file."""
+    if entry["path"] is not None:
+        return None
+    with_files = [other for other in checkpoints.values() if other["path"] is not None]
+    if entry.get("like"):
+        return checkpoints[entry["like"]]
+    return with_files[0] if with_files else None
+
+
 def feature_cache():
     from transfer.fixtures import cache_dir
 
@@ -83,12 +94,11 @@ def job_arguments(spec, run, directory):
     needs to build its encoder and write its results."""
     entry = spec["checkpoints"][run.checkpoint]
     kind = RAW_PIXELS if entry.get(RAW_PIXELS) else RANDOM_INIT if entry["path"] is None else "file"
-    references = [e for e in spec["checkpoints"].values() if e["path"] is not None]
     return spec["tasks"][run.task], {
         "checkpoint": run.checkpoint,
         "kind": kind,
         "entry": entry,
-        "references": references,
+        "like": like_entry(spec["checkpoints"], entry),
         "seed": run.seed,
         "output_dir": str(directory),
         "feature_cache": feature_cache(),

@@ -238,13 +238,12 @@ def test_an_undecodable_image_is_named(tmp_path):
 
 def test_random_init_and_pixels_copy_the_reference_pipeline(tmp_path):
     entry = {"path": str(tiny_checkpoint(tmp_path / "c.pth", image_size=20)), "encoder": None}
-    reference = encoders.reference_of([entry])
+    reference = encoders.reference_of(entry)
     assert (reference.arch, reference.width, reference.image_size) == ("resnet18", 0.125, 20)
     first, second = encoders.random_init(reference, 0), encoders.random_init(reference, 1)
     assert first.fingerprint != second.fingerprint
     assert first.fingerprint == encoders.random_init(reference, 0).fingerprint
     pixels = encoders.raw_pixels(reference)
     assert pixels.network(torch.zeros(2, 3, 20, 20)).shape == (2, 3 * 16 * 16)
-    wide = {"path": str(tiny_checkpoint(tmp_path / "w.pth", width=0.25)), "encoder": None}
-    with pytest.raises(ClassificationError, match="need one architecture"):
-        encoders.reference_of([entry, wide])
+    with pytest.raises(ClassificationError, match="this sweep has none: add one"):
+        encoders.reference_of(None)

@@ -3,9 +3,10 @@
 - a checkpoint the converter accepts (ring-nce's own or a public layout, ``transfer.sources``):
   its backbone in eval mode, at the ``image_size`` and pixel statistics of its metadata (public
   layouts carry none: 224 px and ImageNet's statistics, as the converter assumes);
-- ``random``: a freshly initialised backbone of the same architecture as the sweep's other
-  checkpoints (seeded by the run's seed, so each seed is another random network), seen through
-  their input pipeline;
+- ``random``: a freshly initialised backbone of the architecture of another checkpoint of the
+  sweep (its ``like``, by default the first one with a file: the same rule as the Detectron2
+  tasks' random init), seeded by the run's seed, so each seed is another random network, seen
+  through that checkpoint's input pipeline;
 - ``pixels``: the raw-pixel floor, the normalised image itself (pooled to at most 16 x 16: the
   linear probe's cost grows with the dimension).
 
@@ -90,22 +91,15 @@ def _read(entry):
     return source, layout, reference
 
 
-def reference_of(entries):
-    """The one architecture and input pipeline of ``entries`` (checkpoint entries with a path);
-    random init and raw pixels are only defined against it."""
-    if not entries:
+def reference_of(entry):
+    """The architecture and input pipeline of the checkpoint ``entry`` (a sweep's ``like``),
+    which random init and raw pixels copy."""
+    if entry is None:
         raise ClassificationError(
             "a 'random' or 'pixels' checkpoint entry copies the architecture and input size of "
-            "the sweep's other checkpoints, and this sweep has none: add one"
+            "another checkpoint of the sweep, and this sweep has none: add one"
         )
-    found = {entry["path"]: _read(entry)[2] for entry in entries}
-    if len(set(found.values())) > 1:
-        kinds = "; ".join(f"{path}: {ref}" for path, ref in found.items())
-        raise ClassificationError(
-            f"'random'/'pixels' need one architecture and input pipeline, the checkpoints differ "
-            f"({kinds}); put checkpoints of one architecture in a sweep"
-        )
-    return next(iter(found.values()))
+    return _read(entry)[2]
 
 
 def from_checkpoint(entry):

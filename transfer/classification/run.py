@@ -71,9 +71,9 @@ def check_task(task, seed=0):
 def frozen_encoder(run):
     kind = run["kind"]
     if kind == RANDOM_INIT:
-        return encoders.random_init(encoders.reference_of(run["references"]), run["seed"])
+        return encoders.random_init(encoders.reference_of(run["like"]), run["seed"])
     if kind == RAW_PIXELS:
-        return encoders.raw_pixels(encoders.reference_of(run["references"]))
+        return encoders.raw_pixels(encoders.reference_of(run["like"]))
     return encoders.from_checkpoint(run["entry"])
 
 
