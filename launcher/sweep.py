@@ -9,6 +9,7 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
     baseline: scratch       # optional: the leaderboard's paired differences are against it
     tasks:                  # name: {config: .., opts: [KEY, VALUE, ...]}
       coco_mask: {config: configs/transfer/mask_rcnn.yaml, opts: [SOLVER.MAX_ITER, 90000]}
+      glyphs_5w1s: {dataset: glyphs, protocol: {name: fewshot, shots: 1}}  # launcher.classification
     seeds: [0, 1, 2]
     opts: []                # Detectron2 opts for every run
     datasets: [parts=data/parts.json:data/images]   # optional: own COCO datasets (NAME=JSON:DIR)
