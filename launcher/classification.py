@@ -16,7 +16,7 @@ cached under the project cache and shared by every protocol and seed.
 """
 
 from launcher.errors import LauncherError
-from pretrain.errors import RingNCEError, nearest_name
+from pretrain.errors import RingNCEError
 
 TASK_KEYS = ("dataset", "protocol")
 KIND = "classification"
@@ -30,26 +30,24 @@ def is_classification(task):
     )
 
 
-def _check_keys(name, entry):
-    for key in entry:
-        if key not in TASK_KEYS:
-            near = nearest_name(key, TASK_KEYS)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(TASK_KEYS)}"
-            raise LauncherError(f"unknown key '{key}' in tasks.{name}; {hint}")
+def _check_entry(name, entry):
+    from transfer.classification.errors import ClassificationError, check_keys
+
+    check_keys(entry, TASK_KEYS, f"tasks.{name}")
     for key, example in (("dataset", "a folder or glyphs"), ("protocol", "linear")):
         if key not in entry:
-            raise LauncherError(f"tasks.{name} has no {key}; add e.g. {key}: {example}")
+            raise ClassificationError(f"tasks.{name} has no {key}; add e.g. {key}: {example}")
 
 
 def task_entries(name, entry):
     """``{task name: resolved task}``: one task, or one per domain of a suite; every dataset is
     listed and checked now, before anything is queued."""
-    _check_keys(name, entry)
     from transfer.classification.datasets import resolve_datasets
     from transfer.classification.protocols import parse_protocol
     from transfer.classification.run import check_task
 
     try:
+        _check_entry(name, entry)
         protocol = parse_protocol(entry["protocol"], f"tasks.{name}.protocol")
         tasks = {}
         for domain, dataset in resolve_datasets(entry["dataset"], f"tasks.{name}.dataset").items():

@@ -15,7 +15,7 @@ from pathlib import Path
 from pretrain.config import load_file_with_bases
 from pretrain.errors import nearest_name
 from transfer.classification import domains
-from transfer.classification.errors import ClassificationError
+from transfer.classification.errors import ClassificationError, check_keys
 from transfer.classification.splits import check_rule
 
 DATASET_KEYS = ("config", "root", "builtin", "split", "name", "domains")
@@ -47,14 +47,6 @@ def _with_config(mapping, where):
     if not path.is_file():
         raise ClassificationError(f"{where}: dataset config {path} does not exist")
     return {**load_file_with_bases(path), **mapping}
-
-
-def _check_keys(mapping, where):
-    for key in mapping:
-        if key not in DATASET_KEYS:
-            near = nearest_name(key, DATASET_KEYS)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(DATASET_KEYS)}"
-            raise ClassificationError(f"unknown key '{key}' in {where}; {hint}")
 
 
 def _root(mapping, where):
@@ -105,7 +97,7 @@ def resolve_datasets(value, where="dataset"):
     """``{domain or None: {"name", "root", "split"}}``: one entry (key None) for a dataset,
     one per domain for a suite. Paths come back absolute; suite domains are checked to exist."""
     mapping = _with_config(_as_mapping(value, where), where)
-    _check_keys(mapping, where)
+    check_keys(mapping, DATASET_KEYS, where)
     root, name = _root(mapping, where)
     if "domains" in mapping:
         return _suite(root, mapping, where)

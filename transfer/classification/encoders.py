@@ -102,38 +102,31 @@ def reference_of(entry):
     return _read(entry)[2]
 
 
-def from_checkpoint(entry):
-    source, layout, reference = _read(entry)
-    network = build_source_network(source, layout)
+def through(reference, network, description, fingerprint=None):
+    """``network`` seeing images through ``reference``'s input pipeline."""
+    fingerprint = fingerprint or weights_fingerprint(network)
     return FrozenEncoder(
-        network,
+        network.eval(),
         reference.image_size,
         reference.pixel_mean,
         reference.pixel_std,
-        weights_fingerprint(network),
-        source.description,
+        fingerprint,
+        description,
     )
+
+
+def from_checkpoint(entry):
+    source, layout, reference = _read(entry)
+    return through(reference, build_source_network(source, layout), source.description)
 
 
 def random_init(reference, seed):
     torch.manual_seed(seed)
-    network = build_backbone(reference.arch, width=reference.width, stem="imagenet").eval()
-    return FrozenEncoder(
-        network,
-        reference.image_size,
-        reference.pixel_mean,
-        reference.pixel_std,
-        weights_fingerprint(network),
-        f"random init {reference.arch} width {reference.width:g} (seed {seed})",
-    )
+    network = build_backbone(reference.arch, width=reference.width, stem="imagenet")
+    description = f"random init {reference.arch} width {reference.width:g} (seed {seed})"
+    return through(reference, network, description)
 
 
 def raw_pixels(reference):
-    return FrozenEncoder(
-        RawPixels().eval(),
-        reference.image_size,
-        reference.pixel_mean,
-        reference.pixel_std,
-        f"pixels-{PIXELS_MAX_SIDE}",
-        f"raw pixels at {min(reference.image_size, PIXELS_MAX_SIDE)} px",
-    )
+    side = min(reference.image_size, PIXELS_MAX_SIDE)
+    return through(reference, RawPixels(), f"raw pixels at {side} px", f"pixels-{PIXELS_MAX_SIDE}")
