@@ -51,12 +51,13 @@ def sample_episodes(labels, ways, shots, queries, episodes, seed):
 def prototype_accuracies(features, support, query):
     """Per-episode query accuracy (%) of the nearest-prototype classifier."""
     features = torch.as_tensor(features, dtype=torch.float32)
-    prototypes = features[torch.as_tensor(support)].mean(dim=2)  # [E, ways, d]
+    support, query = (torch.as_tensor(i, device=features.device) for i in (support, query))
+    prototypes = features[support].mean(dim=2)  # [E, ways, d]
     episodes, ways, queries = query.shape
-    queried = features[torch.as_tensor(query)].reshape(episodes, ways * queries, -1)
+    queried = features[query].reshape(episodes, ways * queries, -1)
     distances = torch.cdist(queried, prototypes).pow(2)  # [E, ways * queries, ways]
     predicted = distances.argmin(dim=2)
-    truth = torch.arange(ways).repeat_interleave(queries)
+    truth = torch.arange(ways, device=features.device).repeat_interleave(queries)
     return (100.0 * (predicted == truth).float().mean(dim=1)).tolist()
 
 

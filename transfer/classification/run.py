@@ -77,12 +77,13 @@ def frozen_encoder(run):
     return encoders.from_checkpoint(run["entry"])
 
 
-def apply_protocol(features, labels, folder, task, seed):
+def apply_protocol(features, labels, folder, task, seed, device="cpu"):
     dataset, protocol = task["dataset"], task["protocol"]
     features, labels = features.numpy(), labels.numpy()
     if protocol["name"] == "fewshot":
         pool = fewshot_pool(folder, dataset, protocol, seed)
-        return evaluate_fewshot(features[pool], labels[pool], protocol, seed)
+        on_device = torch.as_tensor(features[pool], device=device)
+        return evaluate_fewshot(on_device, labels[pool], protocol, seed)
     splits = splits_for(folder, dataset, protocol, seed)
     part = {s: (features[splits == s], labels[splits == s]) for s in (TRAIN, VAL, TEST)}
     if protocol["name"] == "knn":
@@ -90,7 +91,7 @@ def apply_protocol(features, labels, folder, task, seed):
         return evaluate_knn(
             (features[bank], labels[bank]), part[TEST], len(folder.classes), protocol
         )
-    return evaluate_linear(part[TRAIN], part[VAL], part[TEST], protocol)
+    return evaluate_linear(part[TRAIN], part[VAL], part[TEST], protocol, device)
 
 
 def run_classification(task, run, log=print):
@@ -107,7 +108,7 @@ def run_classification(task, run, log=print):
         raise ClassificationError(
             f"cached features {cache['file']} do not match {folder.root}'s listing; delete the file"
         )
-    group = apply_protocol(features, labels, folder, task, run["seed"])
+    group = apply_protocol(features, labels, folder, task, run["seed"], device)
     results = {
         task["protocol"]["name"]: group,
         "run": {
