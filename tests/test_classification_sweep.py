@@ -176,3 +176,11 @@ def test_an_undecodable_image_fails_its_runs_and_keeps_the_others(tmp_path):
         "good",
         "good",
     ]
+
+
+def test_submit_prints_one_error_line_and_queues_nothing(tmp_path, capsys):
+    sweep = write_sweep(tmp_path, {"few": {"protocol": {"name": "fewshot", "shot": 1}}})
+    assert submit_main(["sweep", str(sweep), "--cluster", "local"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: tasks.few.protocol: unknown key") and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()
