@@ -55,7 +55,8 @@ def installed_state():
 
 
 def pip(*args):
-    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    subprocess.run(command, check=True)
 
 
 # tarfile's extraction filters arrived in 3.11.4 and 3.10.12; Debian 12's python3 is 3.11.2
