@@ -190,7 +190,8 @@ def test_setup_refuses_a_python_older_than_setup_py_admits(tmp_path):
     # answers the version check as a Python 3.10.0 would (a real one is rarely at hand)
     old.write_text('#!/bin/sh\ncase "$*" in *platform*) echo 3.10.0 ;; *) exit 1 ;; esac\n')
     old.chmod(0o755)
-    env = BARE_ENV | {"PATH": str(bin_dir), "VENV": str(tmp_path / "venv")}
+    # nothing inherited (a PYTHON set by the caller would replace the stand-in)
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "VENV": str(tmp_path / "venv")}
     env["RINGNCE_CACHE"] = str(tmp_path / "cache")
     done = subprocess.run(
         ["bash", str(TOOLS / "setup_env.sh")], capture_output=True, text=True, env=env, timeout=60
