@@ -21,8 +21,8 @@ from launcher.stats import MeanCI, mean_confidence_interval, paired_difference_c
 from launcher.sweep import JOB_FILE, RESULTS_FILE, Run, planned_runs, read_spec
 from pretrain.atomic_write import atomic_write, write_text_atomic
 
-GROUPS = ("bbox", "segm", "keypoints")
-METRICS = ("AP", "AP50", "AP75")
+DETECTION_GROUPS = ("bbox", "segm", "keypoints")
+DETECTION_METRICS = ("AP", "AP50", "AP75")
 
 
 @dataclass
@@ -125,44 +125,70 @@ def collect_many(sweep_dirs):
     return merged, outcomes
 
 
+def shown_metrics(group, found):
+    """Detectron2's groups show AP, AP50, AP75; any other group (a classification protocol)
+    names its own under ``headline``."""
+    names = DETECTION_METRICS if group in DETECTION_GROUPS else found.get("headline", ())
+    return [metric for metric in names if metric in found]
+
+
+def column_order(spec):
+    tasks = list(spec["tasks"])
+
+    def key(column):  # a stable sort: other groups and metrics keep their first-seen order
+        task, group, metric = column
+        if group not in DETECTION_GROUPS:
+            return tasks.index(task), len(DETECTION_GROUPS), 0
+        return tasks.index(task), DETECTION_GROUPS.index(group), DETECTION_METRICS.index(metric)
+
+    return key
+
+
 def scores_by_seed(spec, outcomes):
-    """{(checkpoint, column): {seed: value}} and the columns any finished run has, in order."""
-    scores, present = {}, set()
+    """{(checkpoint, column): {seed: value}}, the same keys' per-sample values where a result
+    has them ({seed: [..]}, few-shot episodes), and the columns any finished run has, in order."""
+    scores, samples, present = {}, {}, {}
     for outcome in outcomes:
         if outcome.results is None:
             continue
-        for group in GROUPS:
-            for metric in METRICS:
-                found = outcome.results.get(group)
-                if not isinstance(found, dict) or metric not in found:
-                    continue
+        for group, found in outcome.results.items():
+            if not isinstance(found, dict):
+                continue
+            for metric in shown_metrics(group, found):
                 # Detectron2 reports NaN (null in JSON) when a model predicts nothing
                 value = math.nan if found[metric] is None else float(found[metric])
                 column = (outcome.run.task, group, metric)
-                present.add(column)
-                scores.setdefault((outcome.run.checkpoint, column), {})[outcome.run.seed] = value
-    columns = [
-        (task, group, metric)
-        for task in spec["tasks"]
-        for group in GROUPS
-        for metric in METRICS
-        if (task, group, metric) in present
-    ]
-    return scores, columns
+                present[column] = None
+                key, seed = (outcome.run.checkpoint, column), outcome.run.seed
+                scores.setdefault(key, {})[seed] = value
+                if metric in found.get("samples", {}):
+                    samples.setdefault(key, {})[seed] = list(found["samples"][metric])
+    return scores, samples, sorted(present, key=column_order(spec))
 
 
-def summary(by_seed):
+def pooled_interval(values):
+    """Over samples (few-shot episodes of every seed): Ericsson et al.'s 1.96 * std / sqrt(n)."""
+    from transfer.classification.fewshot import episode_interval
+
+    mean, half_width = episode_interval(values)
+    return MeanCI(mean=mean, half_width=half_width, n=len(values), confidence=CONFIDENCE)
+
+
+def summary(by_seed, samples=None):
     if not by_seed:
         return None
     values = list(by_seed.values())
     if any(math.isnan(value) for value in values):
         return UNDEFINED
+    if samples:
+        return pooled_interval([value for seed in sorted(samples) for value in samples[seed]])
     return mean_confidence_interval(values, CONFIDENCE)
 
 
-def difference(by_seed, baseline_by_seed):
+def difference(by_seed, baseline_by_seed, samples=None, baseline_samples=None):
     """Paired difference over the seeds both have (a seed only one side has is listed among
-    the runs without results, so the comparison's n says it is partial)."""
+    the runs without results, so the comparison's n says it is partial); with per-sample
+    values on both sides (the same episodes), paired sample by sample."""
     common = sorted(set(by_seed or {}) & set(baseline_by_seed or {}))
     treatment = {seed: by_seed[seed] for seed in common}
     control = {seed: baseline_by_seed[seed] for seed in common}
@@ -170,6 +196,9 @@ def difference(by_seed, baseline_by_seed):
         return None
     if any(math.isnan(value) for value in [*treatment.values(), *control.values()]):
         return UNDEFINED
+    mine, theirs = samples or {}, baseline_samples or {}
+    if all(seed in mine and len(mine[seed]) == len(theirs.get(seed, ())) for seed in common):
+        return pooled_interval([a - b for seed in common for a, b in zip(mine[seed], theirs[seed])])
     return paired_difference_ci(treatment, control, CONFIDENCE)
 
 
@@ -183,6 +212,7 @@ class Leaderboard:
     summaries: dict
     differences: dict
     baseline: str | None
+    sampled: set = frozenset()  # columns summarised over samples (few-shot episodes)
 
     @property
     def missing(self):
@@ -197,17 +227,21 @@ def leaderboard(sweep_dirs, baseline=None):
             f"baseline {baseline!r} is not a checkpoint of the sweeps "
             f"({', '.join(spec['checkpoints'])}); name one of them"
         )
-    scores, columns = scores_by_seed(spec, outcomes)
-    summaries = {key: summary(by_seed) for key, by_seed in scores.items()}
+    scores, samples, columns = scores_by_seed(spec, outcomes)
+    summaries = {key: summary(by_seed, samples.get(key)) for key, by_seed in scores.items()}
     differences = {}
     if baseline is not None:
         for checkpoint in spec["checkpoints"]:
             for column in columns:
                 if checkpoint != baseline and (checkpoint, column) in scores:
                     differences[(checkpoint, column)] = difference(
-                        scores[(checkpoint, column)], scores.get((baseline, column))
+                        scores[(checkpoint, column)],
+                        scores.get((baseline, column)),
+                        samples.get((checkpoint, column)),
+                        samples.get((baseline, column)),
                     )
-    return Leaderboard(spec, outcomes, columns, summaries, differences, baseline)
+    sampled = {column for _, column in samples}
+    return Leaderboard(spec, outcomes, columns, summaries, differences, baseline, sampled)
 
 
 def column_title(column, single_task):
@@ -239,6 +273,12 @@ def markdown_report(board):
         f"{CONFIDENCE:.0%} CI (Student t) over seeds {board.spec['seeds']})",
         "",
     ]
+    if board.sampled:
+        lines += [
+            "Few-shot columns: mean ± 1.96·σ/√n over every episode of every seed (Ericsson et "
+            "al.), differences paired episode by episode.",
+            "",
+        ]
     if not board.columns:
         lines.append("No run has finished yet.")
     else:
@@ -246,7 +286,7 @@ def markdown_report(board):
     if board.baseline is not None and board.columns:
         lines += [
             "",
-            f"## Paired difference to {board.baseline} (AP points, mean ± {CONFIDENCE:.0%} CI "
+            f"## Paired difference to {board.baseline} (points, mean ± {CONFIDENCE:.0%} CI "
             "over the seeds both have)",
             "",
         ]
@@ -303,10 +343,10 @@ def write_chart(board, path):
     width = max(6.0, 1.1 * len(board.columns) + 2)
     figure, axes = plt.subplots(panels, 1, figsize=(width, 4.0 * panels), squeeze=False)
     checkpoints = list(board.spec["checkpoints"])
-    bars(axes[0][0], board, board.summaries, checkpoints, f"AP (mean ± {CONFIDENCE:.0%} CI)")
+    bars(axes[0][0], board, board.summaries, checkpoints, f"AP / % (mean ± {CONFIDENCE:.0%} CI)")
     if board.differences:
         others = [name for name in checkpoints if name != board.baseline]
-        bars(axes[1][0], board, board.differences, others, f"AP − {board.baseline} (paired)")
+        bars(axes[1][0], board, board.differences, others, f"− {board.baseline} (paired)")
         axes[1][0].axhline(0.0, color="black", linewidth=0.8)
     figure.tight_layout()
     save_png(figure, path)

@@ -74,6 +74,10 @@ class TransferJob(submitit.helpers.Checkpointable):
         self.datasets = list(datasets)  # own COCO datasets, NAME=ANNOTATIONS.json:IMAGE_DIR
 
     def __call__(self, config_file, opts=()):
+        if isinstance(config_file, dict):  # a classification task and its run
+            from launcher.classification import run_job
+
+            return run_job(config_file, opts)
         from transfer.engine import run
 
         env = submitit.JobEnvironment()

@@ -9,6 +9,7 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
     baseline: scratch       # optional: the leaderboard's paired differences are against it
     tasks:                  # name: {config: .., opts: [KEY, VALUE, ...]}
       coco_mask: {config: configs/transfer/mask_rcnn.yaml, opts: [SOLVER.MAX_ITER, 90000]}
+      glyphs_5w1s: {dataset: glyphs, protocol: {name: fewshot, shots: 1}}  # launcher.classification
     seeds: [0, 1, 2]
     opts: []                # Detectron2 opts for every run
     datasets: [parts=data/parts.json:data/images]   # optional: own COCO datasets (NAME=JSON:DIR)
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from launcher import classification
 from launcher.errors import LauncherError
 from launcher.executors import (
     Resources,
@@ -120,12 +122,21 @@ def _checkpoint_entry(name, entry):
     where = f"checkpoints.{name}"
     if entry == RANDOM_INIT:
         return {"path": None, "encoder": None}
+    if entry == classification.RAW_PIXELS:
+        return {"path": None, "encoder": None, "pixels": True}
     if not isinstance(entry, dict):
         entry = {"path": entry}
     _check_keys(entry, CHECKPOINT_KEYS, where)
     if "path" not in entry:
         raise LauncherError(f"{where} has no 'path'; give the pretraining checkpoint file")
     return {"path": _existing_path(entry["path"], where), "encoder": entry.get("encoder")}
+
+
+def _task_entries(name, entry):
+    """``{name: resolved task}``; a classification suite resolves to one task per domain."""
+    if classification.is_classification(entry):
+        return classification.task_entries(name, entry)
+    return {name: _task_entry(name, entry)}
 
 
 def _task_entry(name, entry):
@@ -189,9 +200,12 @@ def load_sweep(path):
     resources = raw.get("resources") or {}
     _check_keys(resources, Resources.field_names(), "resources")
     _check_resource_types(resources)
+    checkpoints = {name: _checkpoint_entry(name, e) for name, e in checkpoints.items()}
+    tasks = {key: task for name, e in tasks.items() for key, task in _task_entries(name, e).items()}
+    classification.check_checkpoints(checkpoints, tasks)
     return {
-        "checkpoints": {name: _checkpoint_entry(name, e) for name, e in checkpoints.items()},
-        "tasks": {name: _task_entry(name, e) for name, e in tasks.items()},
+        "checkpoints": checkpoints,
+        "tasks": tasks,
         "seeds": seeds,
         "opts": _opts_list(raw.get("opts"), "opts"),
         "output_dir": str(Path(raw.get("output_dir") or f"runs/sweeps/{path.stem}").resolve()),
@@ -258,7 +272,12 @@ def convert_checkpoints(conversions):
 
 
 def pending_conversions(spec, sweep_dir, runs):
-    needed = {run.checkpoint for run in runs}
+    # classification tasks read the checkpoint itself: only Detectron2 tasks need weights
+    needed = {
+        run.checkpoint
+        for run in runs
+        if not classification.is_classification(spec["tasks"][run.task])
+    }
     return [
         (spec["checkpoints"][name], str(weights_path(sweep_dir, name)))
         for name in spec["checkpoints"]
@@ -286,6 +305,15 @@ def run_opts(spec, run, sweep_dir):
         "SEED",
         run.seed,
     ]
+
+
+def job_arguments(spec, run, sweep_dir):
+    """The job function's two arguments: a Detectron2 config and its opts, or a classification
+    task and its run (launcher.jobs.TransferJob tells them apart)."""
+    task = spec["tasks"][run.task]
+    if classification.is_classification(task):
+        return classification.job_arguments(spec, run, run.directory(sweep_dir))
+    return task["config"], run_opts(spec, run, sweep_dir)
 
 
 def _write_job_record(run, sweep_dir, job, dependency=None):
@@ -349,12 +377,9 @@ def submit_sweep(spec, cluster, resources, sweep_dir=None, log_root=None):
     submitted = []
     for start in range(0, len(todo), wave):
         chunk = todo[start : start + wave]
+        arguments = [job_arguments(spec, run, sweep_dir) for run in chunk]
         jobs = map_array(
-            executor,
-            resources,
-            job_function,
-            [spec["tasks"][run.task]["config"] for run in chunk],
-            [run_opts(spec, run, sweep_dir) for run in chunk],
+            executor, resources, job_function, *(list(column) for column in zip(*arguments))
         )
         for run, job in zip(chunk, jobs):
             _write_job_record(run, sweep_dir, job, conversion_job)

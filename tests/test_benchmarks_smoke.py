@@ -102,3 +102,11 @@ def test_strategy_cost_smoke_times_every_strategy(tmp_path):
     assert [row["strategy"] for row in rows] == list(script.STRATEGIES)
     assert all(row["forward_backward_s"] > 0 for row in rows)
     assert rows[0]["over_uniform"] == 1.0
+
+
+def test_classification_smoke_times_episodes_and_the_c_grid(tmp_path):
+    out = tmp_path / "classification.json"
+    argv = ["--preset", "smoke", "--devices", "cpu", "--threads", "1", "--json", str(out)]
+    assert load_script("classification").main(argv) == 0
+    variants = [row["variant"] for row in json.loads(out.read_text())["rows"]]
+    assert variants[:2] == ["episodes_5w1s_d16", "c_grid_torch_lbfgs"]

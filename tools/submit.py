@@ -71,7 +71,9 @@ def parse_args(argv=None):
     transfer = commands.add_parser("transfer", parents=[common], help="one Detectron2 run")
     transfer.add_argument("--config", required=True)
     transfer.add_argument("opts", nargs="*", help="Detectron2 KEY VALUE pairs")
-    sweep = commands.add_parser("sweep", parents=[common], help="a transfer sweep (job array)")
+    sweep = commands.add_parser(
+        "sweep", parents=[common], help="a sweep of Detectron2 and classification tasks (job array)"
+    )
     sweep.add_argument("sweep_file")
     sweep.add_argument("--output-dir", help="sweep directory (default: the file's output_dir)")
     probe = commands.add_parser("probe", parents=[common], help="check requeue/resume works")
