@@ -13,6 +13,7 @@ false-negative monitor).
   similarities plus ``rows * stop * 12`` for its top-``stop``, ``rows`` chosen to fit).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,10 @@ class DensePool:
     that are each anchor's negatives (SimCLR: everyone but itself and its pair), or None when all
     P columns are. ``embeddings``: (P, d) candidates; ``ids``: (P,) dataset ids (-1: unknown).
     """
+
+    # the uniform arm uses every candidate once, and so does the authors' ring over such a pool
+    # (their MoCoRing and SimCLRRing: all of the ring, no redraw)
+    draws_negatives = False
 
     def __init__(self, similarity, embeddings, ids, negative_index=None):
         self.similarity = similarity
@@ -72,9 +77,10 @@ class DensePool:
             return similarity
         return similarity.gather(1, self.negative_index)
 
-    def ring_members(self, start, stop, max_bytes):
-        """(B, stop - start) pool columns of the ranks ``[start, stop)``, in column order."""
-        positions = rank_slice(self.negative_similarity(), start, stop)
+    def ring_members(self, start, stop, max_bytes, by_column=True):
+        """(B, stop - start) pool columns of the ranks ``[start, stop)`` (in column order when
+        ``by_column``)."""
+        positions = rank_slice(self.negative_similarity(), start, stop, by_column)
         if self.negative_index is None:
             return positions
         return self.negative_index.gather(1, positions)
@@ -103,6 +109,10 @@ class BankPool:
     from the other N - 1 (IR's and CMC's estimator); ``drawn`` fixes them (CMC's two terms use
     the same images, as the original)."""
 
+    # the uniform arm draws from the bank, and so does the authors' ring over it (their NCERing:
+    # k - 1 draws from the ring, uniformly with replacement)
+    draws_negatives = True
+
     def __init__(self, anchor, memory, own, draw_count, drawn=None):
         self.anchor = anchor
         self.memory = memory
@@ -129,9 +139,9 @@ class BankPool:
         )
         return drawn + (drawn >= self.own.unsqueeze(1)).long()  # skip the anchor's own entry
 
-    def ring_members(self, start, stop, max_bytes):
+    def ring_members(self, start, stop, max_bytes, by_column=True):
         """(B, stop - start) bank rows of the ranks ``[start, stop)`` of each anchor's N - 1
-        others, in row order, ranked chunk by chunk within ``max_bytes``."""
+        others (in row order when ``by_column``), ranked chunk by chunk within ``max_bytes``."""
         bytes_per_row = self.memory.shape[0] * 4 + stop * 12
         rows = max(1, int(max_bytes // bytes_per_row))
         anchor = self.anchor.detach()
@@ -140,7 +150,7 @@ class BankPool:
             chunk = slice(first, first + rows)
             similarity = anchor[chunk].float() @ self.memory.float().T
             similarity.scatter_(1, self.own[chunk].unsqueeze(1), float("-inf"))
-            members.append(rank_slice(similarity, start, stop))
+            members.append(rank_slice(similarity, start, stop, by_column))
             del similarity
         return torch.cat(members)
 
@@ -157,13 +167,58 @@ class BankPool:
         return columns.columns() if isinstance(columns, RingDraws) else columns
 
 
-def rank_slice(similarity, start, stop):
-    """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``, sorted
-    by column so that a draw of positions names the same member whatever topk's order.
+# Ranking a row on CPU: torch's topk runs a selection over (value, index) pairs of the whole row
+# (~10 ns an entry on one core), more than the uniform loss itself at MoCo's shape. A strided
+# sample of the row bounds the k-th largest value from below, and only the entries above that
+# bound (a few percent of the row) go through topk. Exact: a row whose bound keeps fewer than k
+# entries keeps all of them instead. GPUs select fast and would sync on the counts: plain topk.
+SAMPLE_STRIDE = 32
+MIN_ROW_FOR_SAMPLING = 4096
+SAMPLE_MARGIN_SD = 4.0  # the sample's rank of the bound: expected + 4 binomial s.d. + 4
 
-    One unsorted top-``stop`` per row and a smaller selection inside it: never a full sort.
-    Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
+
+def top_columns(similarity, count):
+    """``(values, columns)``, each (B, count): every row's ``count`` largest entries, in no
+    particular order. Ties at the boundary keep any of the tied entries (equal values)."""
+    rows, size = similarity.shape
+    sampled = (size + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
+    if similarity.device.type != "cpu" or size < MIN_ROW_FOR_SAMPLING or count * 4 > size:
+        top = similarity.topk(count, dim=1, sorted=False)
+        return top.values, top.indices
+    expected = count * sampled / size
+    rank = min(sampled, math.ceil(expected + SAMPLE_MARGIN_SD * math.sqrt(expected) + 4))
+    sample = similarity[:, ::SAMPLE_STRIDE]
+    bound = sample.topk(rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
+    keep = similarity >= bound
+    kept = keep.sum(dim=1)
+    short = kept < count  # an unrepresentative sample: the whole row is the candidate set
+    if bool(short.any()):
+        keep[short] = True
+        kept = keep.sum(dim=1)
+    row, column = keep.nonzero(as_tuple=True)
+    first = torch.repeat_interleave(kept.cumsum(0) - kept, kept)
+    slot = torch.arange(column.shape[0], device=column.device) - first
+    width = int(kept.max())
+    # padding is -inf and never chosen: every row has >= count real candidates, and -inf
+    # entries (a bank's own entry) are never among a row's top ``count`` (count < its size)
+    values = similarity.new_full((rows, width), float("-inf"))
+    values[row, slot] = similarity[row, column]
+    candidates = torch.zeros(rows, width, dtype=torch.long, device=similarity.device)
+    candidates[row, slot] = column
+    top = values.topk(count, dim=1, sorted=False)
+    return top.values, candidates.gather(1, top.indices)
+
+
+def rank_slice(similarity, start, stop, by_column=True):
+    """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``.
+
+    One top-``stop`` per row (``top_columns``) and a smaller selection inside it: never a full
+    sort. Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
+    ``by_column``: listed by column, so that a draw of positions names the same member whatever
+    the selection's order (the ring used once needs no order: its loss is a sum).
     """
-    top = similarity.topk(stop, dim=1, sorted=False)
-    inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
-    return top.indices.gather(1, inner).sort(dim=1).values
+    values, columns = top_columns(similarity, stop)
+    if start > 0:
+        inner = values.topk(stop - start, dim=1, largest=False, sorted=False).indices
+        columns = columns.gather(1, inner)
+    return columns.sort(dim=1).values if by_column else columns

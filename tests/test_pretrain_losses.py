@@ -3,11 +3,13 @@
 Uniform: InfoNCE over the method's usual negatives (IR/CMC: K bank draws without the anchor's
 own entry; MoCo: the queue; SimCLR: the 2B-2 other views).
 
-Ring (Wu et al. 2021, the authors' NCERing arithmetic): rank the anchor's whole pool, slice the
-ranks [lower, upper), draw K members uniformly with replacement (positions into the ring, its
-members listed by pool column), InfoNCE with the positive in the normaliser. The draws use a
-generator seeded alike on both sides. DCL, HCL and MoCHi are written from their papers'
-equations one anchor at a time with Python floats.
+Ring (Wu et al. 2021): rank the anchor's whole pool (a stable argsort of Python floats, never
+production's selection), slice the ranks [lower, upper). The authors' IR (NCERing) then draws K
+members uniformly with replacement (positions into the ring, its members listed by pool column);
+their MoCoRing and SimCLRRing use every member once; the equal-count control draws as many as
+uniform for every method. InfoNCE with the positive in the normaliser. Draws use a generator
+seeded alike on both sides. DCL, HCL and MoCHi are written from their papers' equations one
+anchor at a time with Python floats.
 """
 
 import math
@@ -47,8 +49,9 @@ def generator():
 
 
 def ring_of(anchor, pool, lower, upper):
-    """Pool ids of ranks [lower*P, upper*P) of ``pool`` ([(id, vector)]), listed by id."""
-    ranked = sorted(pool, key=lambda item: -float(anchor @ item[1]))
+    """Pool items of ranks [lower*P, upper*P) of ``pool`` ([(id, vector)]), listed by id."""
+    scores = [float(anchor @ vector) for _, vector in pool]
+    ranked = [pool[j] for j in sorted(range(len(pool)), key=lambda j: -scores[j])]
     size = len(ranked)
     start, stop = math.ceil(lower * size - 1e-9), math.ceil(upper * size - 1e-9)
     return sorted(ranked[start:stop], key=lambda item: item[0])
@@ -60,13 +63,23 @@ def nce_term(anchor, positive, negatives, t):
 
 
 def reference_ring(anchors, positives, pools, count, t, draws):
-    """Mean ring loss; ``draws`` is the seeded generator the batched code also used."""
+    """Mean ring loss with ``count`` draws per anchor; ``draws`` is the seeded generator the
+    batched code also used."""
     ring_size = len(ring_of(anchors[0], pools[0], UPPER * LOWER_RATIO, UPPER))
     positions = torch.randint(ring_size, (len(anchors), count), generator=draws)
     total = 0.0
     for i, (anchor, positive, pool) in enumerate(zip(anchors, positives, pools)):
         ring = ring_of(anchor, pool, UPPER * LOWER_RATIO, UPPER)
         total += nce_term(anchor, positive, [ring[p][1] for p in positions[i]], t)
+    return total / len(anchors)
+
+
+def reference_ring_once(anchors, positives, pools, t):
+    """Mean loss with every ring member once in the normaliser (MoCoRing, SimCLRRing)."""
+    total = 0.0
+    for anchor, positive, pool in zip(anchors, positives, pools):
+        ring = ring_of(anchor, pool, UPPER * LOWER_RATIO, UPPER)
+        total += nce_term(anchor, positive, [vector for _, vector in ring], t)
     return total / len(anchors)
 
 
@@ -107,14 +120,26 @@ def test_cmc_ring_matches_the_per_anchor_estimator(tiny_config):
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_moco_ring_matches_the_per_anchor_estimator(tiny_config):
-    torch.manual_seed(2)
+def moco_case(tiny_config, seed):
+    torch.manual_seed(seed)
     method = identity_method("moco", tiny_config)
     query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
-    queue = method.queue.clone()
-    loss, stats = method([query, key], torch.arange(6), ring_sampler())
     q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
-    pools = [list(enumerate(queue))] * 6
+    return method, [query, key], q, k, [list(enumerate(method.queue.clone()))] * 6
+
+
+def test_moco_ring_is_every_member_once_as_the_authors(tiny_config):
+    method, views, q, k, pools = moco_case(tiny_config, 2)
+    loss, stats = method(views, torch.arange(6), ring_sampler())
+    expected = reference_ring_once(q, k, pools, method.temperature)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # ranks [ceil(0.05 * 64), ceil(0.5 * 64)) = [4, 32) of the queue
+    assert stats["negatives_per_anchor"] == 28
+
+
+def test_moco_equal_count_ring_matches_the_per_anchor_estimator(tiny_config):
+    method, views, q, k, pools = moco_case(tiny_config, 2)
+    loss, stats = method(views, torch.arange(6), ring_sampler(num_negatives="equal"))
     expected = reference_ring(q, k, pools, 64, method.temperature, generator())
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert stats["negatives_per_anchor"] == 64  # the queue size, as the uniform arm
@@ -129,13 +154,25 @@ def simclr_pools(z, batch):
     return torch.stack(positives), pools
 
 
-def test_simclr_ring_matches_the_per_anchor_estimator(tiny_config):
-    torch.manual_seed(3)
+def simclr_case(tiny_config, seed, batch=5):
+    torch.manual_seed(seed)
     method = identity_method("simclr", tiny_config)
-    first, second = torch.randn(5, 8, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
-    loss, stats = method([first, second], torch.arange(5), ring_sampler())
-    z = F.normalize(torch.cat([first, second]), dim=1)
-    positives, pools = simclr_pools(z, 5)
+    views = [torch.randn(batch, 8, dtype=torch.float64) for _ in range(2)]
+    z = F.normalize(torch.cat(views), dim=1)
+    return method, views, z, *simclr_pools(z, batch)
+
+
+def test_simclr_ring_is_every_member_once_as_the_authors(tiny_config):
+    method, views, z, positives, pools = simclr_case(tiny_config, 3, batch=9)
+    loss, stats = method(views, torch.arange(9), ring_sampler())
+    expected = reference_ring_once(z, positives, pools, method.temperature)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert stats["negatives_per_anchor"] == 7  # ranks [ceil(0.05 * 16), ceil(0.5 * 16)) = [1, 8)
+
+
+def test_simclr_equal_count_ring_matches_the_per_anchor_estimator(tiny_config):
+    method, views, z, positives, pools = simclr_case(tiny_config, 3)
+    loss, stats = method(views, torch.arange(5), ring_sampler(num_negatives="equal"))
     expected = reference_ring(z, positives, pools, 8, method.temperature, generator())
     assert loss.item() == pytest.approx(expected, abs=1e-6)
     assert stats["negatives_per_anchor"] == 8  # 2B - 2
@@ -211,21 +248,24 @@ def method_views(name, method, rows=6):
     return [torch.randn(*shape, dtype=torch.float64) for _ in range(method.num_views)]
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
-def test_full_ring_equals_uniform(name, tiny_config):
+@pytest.mark.parametrize("name", ["ir", "moco", "simclr"])
+def test_full_ring_equals_uniform_through_the_ring_path(name, tiny_config, monkeypatch):
+    """Ranks [0, 1) of the whole pool, taken as the authors do (a bank's: K draws; a queue's or
+    batch's: once), is the uniform arm. The sampler would skip ranking here; the shortcut is
+    switched off so that ranking, ordering and drawing run. (CMC is left out: its uniform arm
+    shares one set of draws between its two terms, its ring draws per term.)"""
     torch.manual_seed(5)
-    method = identity_method(name, tiny_config, dim=2 if name == "cmc" else 8)
+    method = identity_method(name, tiny_config)
     views, indices = method_views(name, method), torch.arange(6)
     state = {k: v.clone() for k, v in method.state_dict().items()}
+    ring = NegativeSampler("ring", upper=1.0, lower_ratio=0.0)
+    monkeypatch.setattr(ring, "covers_whole_pool", lambda pool: False)
     losses = []
-    for sampler in (
-        NegativeSampler("uniform"),
-        NegativeSampler("ring", upper=1.0, lower_ratio=0.0),
-    ):
+    for sampler in (NegativeSampler("uniform"), ring):
         method.load_state_dict(state)
         torch.manual_seed(6)
         losses.append(method(views, indices, sampler)[0].item())
-    assert losses[0] == losses[1]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12)
 
 
 # --- DCL and HCL, per anchor from the equations ---------------------------------------------
@@ -280,21 +320,19 @@ def test_debiased_clamp_reaches_its_floor(tiny_config):
     assert torch.isfinite(loss)
 
 
-def test_hcl_within_the_ring_weighs_ring_draws(tiny_config):
-    torch.manual_seed(9)
-    method = identity_method("moco", tiny_config)
-    query, key = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
-    queue = method.queue.clone()
-    sampler = ring_sampler("hcl", within_ring=True, tau_plus=0.1, beta=1.0)
-    loss, _ = method([query, key], torch.arange(6), sampler)
-    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
-    ring_size = len(ring_of(q[0], list(enumerate(queue)), UPPER * LOWER_RATIO, UPPER))
+@pytest.mark.parametrize("count", [None, "equal"])
+def test_hcl_within_the_ring_weighs_the_ring(count, tiny_config):
+    """Over a queue the ring is used once (the authors' way, null) or drawn from (equal)."""
+    method, views, q, k, pools = moco_case(tiny_config, 9)
+    sampler = ring_sampler("hcl", within_ring=True, tau_plus=0.1, beta=1.0, num_negatives=count)
+    loss, _ = method(views, torch.arange(6), sampler)
+    ring_size = len(ring_of(q[0], pools[0], UPPER * LOWER_RATIO, UPPER))
     positions = torch.randint(ring_size, (6, 64), generator=generator())
     expected = 0.0
     for i in range(6):
-        ring = ring_of(q[i], list(enumerate(queue)), UPPER * LOWER_RATIO, UPPER)
-        drawn = [ring[p][1] for p in positions[i]]
-        expected += reference_debiased(q[i], k[i], drawn, method.temperature, 0.1, 1.0) / 6
+        ring = ring_of(q[i], pools[i], UPPER * LOWER_RATIO, UPPER)
+        negatives = [ring[p][1] for p in positions[i]] if count else [v for _, v in ring]
+        expected += reference_debiased(q[i], k[i], negatives, method.temperature, 0.1, 1.0) / 6
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from pretrain.errors import PretrainError
-from pretrain.pools import BankPool, DensePool, rank_slice
+from pretrain.pools import (
+    MIN_ROW_FOR_SAMPLING,
+    SAMPLE_STRIDE,
+    BankPool,
+    DensePool,
+    rank_slice,
+    top_columns,
+)
 from pretrain.samplers import NegativeSampler, draw_positions, ring_rank_range
 from pretrain.schedules import lr_factor, ring_upper_at
 from pretrain.trainer import load_pretrain_config, train
@@ -55,23 +62,56 @@ def test_ties_at_a_boundary_keep_the_values_of_the_sorted_ranks():
     assert sorted(kept[0].tolist()) == [1.0, 9.0]
 
 
-def test_full_ring_is_the_uniform_pool_and_uniform_is_all_of_it():
-    pool = DensePool(torch.randn(3, 9), torch.randn(9, 4), torch.arange(9))
-    assert NegativeSampler("ring", upper=1.0, lower_ratio=0.0).choose(pool) is None
-    assert NegativeSampler("uniform").choose(pool) is None
+def ring_by_argsort(similarity, start, stop):
+    """Each row's columns of ranks [start, stop) from a full stable argsort, as sorted lists
+    (the reference for the production selection, which never sorts a whole row)."""
+    order = similarity.argsort(dim=1, descending=True, stable=True)
+    return [sorted(row) for row in order[:, start:stop].tolist()]
+
+
+def test_whole_pool_shortcut_only_where_the_ring_is_the_uniform_arm():
+    dense = DensePool(torch.randn(3, 9), torch.randn(9, 4), torch.arange(9))
+    bank = BankPool(torch.randn(3, 4), torch.randn(10, 4), torch.tensor([0, 1, 2]), draw_count=5)
+    whole = {"upper": 1.0, "lower_ratio": 0.0}
+    assert NegativeSampler("ring", **whole).covers_whole_pool(dense)  # once: all of the queue
+    assert NegativeSampler("ring", **whole).covers_whole_pool(bank)  # K draws: uniform's
+    assert NegativeSampler("ring", **whole).choose(dense) is None
+    assert not NegativeSampler("ring", num_negatives="equal", **whole).covers_whole_pool(dense)
+    assert not NegativeSampler("ring", num_negatives="ring", **whole).covers_whole_pool(bank)
+    assert not NegativeSampler("ring", replacement=False, **whole).covers_whole_pool(bank)
+    assert not NegativeSampler("ring", upper=1.0, lower_ratio=0.1).covers_whole_pool(dense)
+    assert NegativeSampler("uniform").choose(dense) is None
+
+
+@pytest.mark.parametrize("count", [None, "equal", "ring", 7])
+def test_the_ring_count_follows_the_authors_per_pool(count):
+    """null: a bank's ring is drawn from (NCERing), a queue's used once (MoCoRing)."""
+    dense = DensePool(torch.randn(3, 50), torch.randn(50, 4), torch.arange(50))
+    bank = BankPool(torch.randn(3, 4), torch.randn(51, 4), torch.tensor([0, 1, 2]), draw_count=30)
+    sampler = NegativeSampler("ring", upper=0.5, num_negatives=count)
+    expected = {
+        None: (None, 30),
+        "equal": (50, 30),
+        "ring": (None, None),
+        7: (7, 7),
+    }[count]
+    assert (sampler.ring_draws(dense), sampler.ring_draws(bank)) == expected
 
 
 def test_ring_draws_come_from_inside_the_ring_with_replacement():
     torch.manual_seed(1)
     similarity = torch.randn(5, 200)
-    ring = rank_slice(similarity, *ring_rank_range(200, 0.05, 0.5))
+    ring = ring_by_argsort(similarity, 10, 100)  # ranks [0.05, 0.5) of 200
     pool = DensePool(similarity, torch.randn(200, 4), torch.arange(200))
-    drawn = NegativeSampler("ring", upper=0.5, lower_ratio=0.1).choose(pool).columns()
-    assert drawn.shape == (5, 200)  # as many as the uniform arm
-    for row_drawn, row_ring in zip(drawn.tolist(), ring.tolist()):
+    equal = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives="equal")
+    drawn = equal.choose(pool)
+    assert drawn.members.tolist() == ring  # listed by column
+    assert drawn.columns().shape == (5, 200)  # as many as the uniform arm
+    for row_drawn, row_ring in zip(drawn.columns().tolist(), ring):
         assert set(row_drawn) <= set(row_ring) and len(set(row_drawn)) < 200
-    once = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives="ring")
-    assert torch.equal(once.choose(pool), ring)
+    for count in (None, "ring"):  # the authors' MoCoRing: every member once
+        once = NegativeSampler("ring", upper=0.5, lower_ratio=0.1, num_negatives=count)
+        assert [sorted(row) for row in once.choose(pool).tolist()] == ring
     distinct = draw_positions(5, 90, 90, replacement=False)
     assert all(sorted(row) == list(range(90)) for row in distinct.tolist())
 
@@ -83,10 +123,44 @@ def test_bank_ranking_in_chunks_equals_one_dense_ranking():
     own = torch.tensor([0, 5, 299, 17, 17, 100])
     pool = BankPool(anchor, bank, own, draw_count=16)
     dense = (anchor @ bank.T).scatter(1, own.unsqueeze(1), float("-inf"))
-    expected = rank_slice(dense, 3, 30)
-    assert torch.equal(pool.ring_members(3, 30, max_bytes=1), expected)  # one row a chunk
-    assert torch.equal(pool.ring_members(3, 30, max_bytes=2**30), expected)
+    expected = ring_by_argsort(dense, 3, 30)
+    assert pool.ring_members(3, 30, max_bytes=1).tolist() == expected  # one row a chunk
+    assert pool.ring_members(3, 30, max_bytes=2**30).tolist() == expected
     assert not (pool.ring_members(0, 299, 2**30) == own.unsqueeze(1)).any()  # never its own
+
+
+@pytest.mark.parametrize("start, stop", [(0, 60), (12, 120), (100, 1000)])
+def test_the_sampled_bound_selects_exactly_the_top_of_long_rows(start, stop):
+    """Rows long enough for the CPU's sampled bound: the same members as a full argsort."""
+    torch.manual_seed(3)
+    similarity = torch.randn(4, 6000)
+    assert similarity.shape[1] >= MIN_ROW_FOR_SAMPLING and stop * 4 <= similarity.shape[1]
+    members = rank_slice(similarity, start, stop)
+    assert members.tolist() == ring_by_argsort(similarity, start, stop)
+    unordered = rank_slice(similarity, start, stop, by_column=False)
+    assert [sorted(row) for row in unordered.tolist()] == members.tolist()
+
+
+def test_an_unrepresentative_sample_falls_back_to_the_whole_row():
+    """Every sampled column holds one of the row's largest values: the sample's bound keeps too
+    few entries, and that row (only) is selected from all of its columns."""
+    torch.manual_seed(4)
+    similarity = torch.rand(3, 5000)
+    similarity[1, ::SAMPLE_STRIDE] += 10.0
+    stop = 400  # > the 157 sampled columns of row 1 above every other entry
+    values, columns = top_columns(similarity, stop)
+    reference = similarity.topk(stop, dim=1).values
+    torch.testing.assert_close(values.sort(dim=1).values, reference.sort(dim=1).values)
+    assert [sorted(row) for row in columns.tolist()] == ring_by_argsort(similarity, 0, stop)
+
+
+def test_ties_in_a_long_row_keep_the_values_of_the_sorted_ranks():
+    similarity = torch.arange(6000.0).div(50).floor().unsqueeze(0).repeat(2, 1)  # runs of 50
+    values, columns = top_columns(similarity, 125)  # the boundary cuts a run of ties
+    expected = similarity.sort(dim=1, descending=True).values[:, :125]
+    assert torch.equal(values.sort(dim=1).values, expected.sort(dim=1).values)
+    assert torch.equal(similarity.gather(1, columns), values)
+    assert all(len(set(row)) == 125 for row in columns.tolist())  # no column twice
 
 
 def test_linear_cosine_step_constant_upper():
@@ -142,6 +216,8 @@ def test_lr_warmup_then_cosine_and_step():
         ({"name": "hcl", "beta": -0.5}, "sampler.beta"),
         ({"name": "mochi", "mochi_hardest": 4, "mochi_pairs": 8}, "sampler.mochi_pairs"),
         ({"name": "ring", "num_negatives": 0}, "sampler.num_negatives"),
+        ({"name": "ring", "num_negatives": "all"}, "'equal' .*'ring'"),
+        ({"name": "ring", "num_negatives": True}, "sampler.num_negatives"),
         ({"name": "ring", "schedule": "exp"}, "unknown sampler.schedule 'exp'"),
     ],
 )
@@ -159,6 +235,7 @@ def test_pools_too_small_for_the_strategy_name_the_fix():
         NegativeSampler("mochi").check_pool(59999, "other bank entries", usual_count=512)
     pool = DensePool(torch.randn(2, 50), torch.randn(50, 4), torch.arange(50))
     sampler = NegativeSampler("ring", upper=0.2, num_negatives=40, replacement=False)
+    assert sampler.ring_draws(pool) == 40
     with pytest.raises(PretrainError, match="without replacement from a ring of 9"):
         sampler.choose(pool)
 
