@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.losses import info_nce, mochi_negatives
+from pretrain.losses import hard_debiased_nce, info_nce, mochi_negatives
 from pretrain.methods import METHODS
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
@@ -28,10 +28,11 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 UPPER, LOWER_RATIO, SEED = 0.5, 0.1, 1234
 
 
-def identity_method(name, tiny_config, dim=8):
+def identity_method(name, tiny_config, dim=8, num_samples=20):
     """The method with parameter-free encoders: its embeddings are the normalised inputs."""
     model = {**tiny_config["model"], "embedding_dim": dim}
-    method = METHODS[name](as_config({**tiny_config, "method": name, "model": model}), 20)
+    config = as_config({**tiny_config, "method": name, "model": model})
+    method = METHODS[name](config, num_samples)
     method = method.double()
     for attr in ("encoder", "query", "key", "l", "ab"):
         if hasattr(method, attr):
@@ -320,6 +321,44 @@ def test_debiased_clamp_reaches_its_floor(tiny_config):
     assert torch.isfinite(loss)
 
 
+def hcl_of_similarities(positive, negatives, t, tau_plus, beta):
+    """HCL's estimator for one anchor from its similarities, Python floats (as the official
+    code: the weights e^{beta s/t} / mean are functions of the similarities)."""
+    count = len(negatives)
+    pos = math.exp(positive / t)
+    tilts = [math.exp(beta * s / t) for s in negatives]
+    weighted = sum(w * math.exp(s / t) for w, s in zip(tilts, negatives)) / sum(tilts)
+    ng = max((weighted - tau_plus * pos) / (1.0 - tau_plus), math.exp(-1.0 / t))
+    return -math.log(pos / (pos + count * ng))
+
+
+def test_hcl_sends_gradient_through_its_importance_weights():
+    """autograd's gradient w.r.t. every similarity equals central differences of the float64
+    re-derivation: detaching the weights (a cheaper, different estimator) would not."""
+    torch.manual_seed(13)
+    t, tau_plus, beta, step = 0.5, 0.1, 1.0, 1e-6
+    positive = (torch.rand(3, dtype=torch.float64) * 2 - 1).requires_grad_()
+    negatives = (torch.rand(3, 6, dtype=torch.float64) * 2 - 1).requires_grad_()
+    loss = hard_debiased_nce(positive / t, negatives / t, tau_plus, beta, t)
+    grad_positive, grad_negatives = torch.autograd.grad(loss, (positive, negatives))
+
+    def reference(pos, neg):
+        return sum(hcl_of_similarities(p, n, t, tau_plus, beta) for p, n in zip(pos, neg)) / 3
+
+    pos, neg = positive.tolist(), negatives.tolist()
+    assert loss.item() == pytest.approx(reference(pos, neg), abs=1e-12)
+    for i in range(3):
+        moved = [[p + sign * step * (k == i) for k, p in enumerate(pos)] for sign in (1, -1)]
+        slope = (reference(moved[0], neg) - reference(moved[1], neg)) / (2 * step)
+        assert grad_positive[i].item() == pytest.approx(slope, abs=1e-7)
+        for j in range(6):
+            moved = [[row[:] for row in neg] for _ in (1, -1)]
+            moved[0][i][j] += step
+            moved[1][i][j] -= step
+            slope = (reference(pos, moved[0]) - reference(pos, moved[1])) / (2 * step)
+            assert grad_negatives[i, j].item() == pytest.approx(slope, abs=1e-7)
+
+
 @pytest.mark.parametrize("count", [None, "equal"])
 def test_hcl_within_the_ring_weighs_the_ring(count, tiny_config):
     """Over a queue the ring is used once (the authors' way, null) or drawn from (equal)."""
@@ -361,32 +400,23 @@ def test_limits_give_uniform_infonce(name, strategy, tiny_config):
 # --- MoCHi --------------------------------------------------------------------------------
 
 
-def test_mochi_matches_the_mixing_equations(tiny_config):
-    torch.manual_seed(12)
-    method = identity_method("moco", tiny_config)
-    query, key = torch.randn(4, 8, dtype=torch.float64), torch.randn(4, 8, dtype=torch.float64)
-    queue = method.queue.clone()
-    hardest, pairs, with_query = 10, 6, 3
-    sampler = NegativeSampler(
-        "mochi",
-        mochi_hardest=hardest,
-        mochi_pairs=pairs,
-        mochi_query=with_query,
-        generator=generator(),
-    )
-    loss, stats = method([query, key], torch.arange(4), sampler)
-    assert stats["negatives_per_anchor"] == 64 + pairs + with_query
-    q, k = F.normalize(query, dim=1), F.normalize(key, dim=1)
-    draws, t = generator(), method.temperature
-    first = torch.randint(hardest, (4, pairs), generator=draws)
-    second = torch.randint(hardest, (4, pairs), generator=draws)
-    alpha = torch.rand(4, pairs, 1, generator=draws)
-    partner = torch.randint(hardest, (4, with_query), generator=draws)
-    beta = 0.5 * torch.rand(4, with_query, 1, generator=draws)
-    expected = 0.0
-    for i in range(4):
-        order = sorted(range(64), key=lambda j: -float(q[i] @ queue[j]))
-        hard = [queue[j] for j in sorted(order[:hardest])]
+def reference_mochi(anchors, positives, negative_lists, sizes, t, draws):
+    """Mean MoCHi loss, one anchor at a time: its N hardest negatives (listed in the order of
+    its negative list), ``pairs`` mixes of two of them and ``with_query`` mixes with the query
+    (eqs. 2 and 3), all in the normaliser beside the real negatives. ``draws`` continues the
+    generator the batched code used."""
+    hardest, pairs, with_query = sizes
+    rows = len(anchors)
+    first = torch.randint(hardest, (rows, pairs), generator=draws)
+    second = torch.randint(hardest, (rows, pairs), generator=draws)
+    alpha = torch.rand(rows, pairs, 1, generator=draws)
+    partner = torch.randint(hardest, (rows, with_query), generator=draws)
+    beta = 0.5 * torch.rand(rows, with_query, 1, generator=draws)
+    total = 0.0
+    for i, (anchor, positive, negatives) in enumerate(zip(anchors, positives, negative_lists)):
+        scores = [float(anchor @ n) for n in negatives]
+        order = sorted(range(len(negatives)), key=lambda j: -scores[j])
+        hard = [negatives[j] for j in sorted(order[:hardest])]
         mixes = [
             F.normalize(
                 alpha[i, m] * hard[first[i, m]] + (1 - alpha[i, m]) * hard[second[i, m]], dim=0
@@ -394,10 +424,61 @@ def test_mochi_matches_the_mixing_equations(tiny_config):
             for m in range(pairs)
         ]
         mixes += [
-            F.normalize(beta[i, m] * q[i] + (1 - beta[i, m]) * hard[partner[i, m]], dim=0)
+            F.normalize(beta[i, m] * anchor + (1 - beta[i, m]) * hard[partner[i, m]], dim=0)
             for m in range(with_query)
         ]
-        expected += nce_term(q[i], k[i], list(queue) + mixes, t) / 4
+        total += nce_term(anchor, positive, list(negatives) + mixes, t)
+    return total / rows
+
+
+def mochi_sampler(sizes):
+    hardest, pairs, with_query = sizes
+    return NegativeSampler(
+        "mochi",
+        mochi_hardest=hardest,
+        mochi_pairs=pairs,
+        mochi_query=with_query,
+        generator=generator(),
+    )
+
+
+def test_mochi_matches_the_mixing_equations(tiny_config):
+    method, views, q, k, pools = moco_case(tiny_config, 12)
+    sizes = (10, 6, 3)
+    loss, stats = method(views, torch.arange(6), mochi_sampler(sizes))
+    assert stats["negatives_per_anchor"] == 64 + 6 + 3
+    queue = [vector for _, vector in pools[0]]
+    expected = reference_mochi(q, k, [queue] * 6, sizes, method.temperature, generator())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_simclr_mochi_mixes_its_own_in_batch_negatives(tiny_config):
+    """Hardest positions index the anchor's negative list (no anchor, no positive), not the
+    batch."""
+    method, views, z, positives, pools = simclr_case(tiny_config, 15, batch=6)
+    sizes = (6, 5, 3)
+    loss, _ = method(views, torch.arange(6), mochi_sampler(sizes))
+    negative_lists = [[vector for _, vector in pool] for pool in pools]
+    expected = reference_mochi(z, positives, negative_lists, sizes, method.temperature, generator())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ir_mochi_mixes_its_drawn_bank_entries(tiny_config):
+    """Hardest positions index the anchor's K drawn entries, not the bank's rows."""
+    torch.manual_seed(16)
+    tiny_config["ir"]["num_negatives"] = 16
+    method = identity_method("ir", tiny_config, num_samples=5000)
+    bank = method.bank.memory.clone()
+    images, indices = torch.randn(4, 8, dtype=torch.float64), torch.tensor([3, 70, 0, 4999])
+    sizes = (8, 6, 2)
+    loss, _ = method([images], indices, mochi_sampler(sizes))
+    draws = generator()
+    drawn = torch.randint(4999, (4, 16), generator=draws)
+    drawn = drawn + (drawn >= indices.unsqueeze(1)).long()
+    assert all(len(set(row)) == 16 for row in drawn.tolist())  # no entry twice: no tied ranks
+    z = F.normalize(images, dim=1)
+    negative_lists = [list(bank[row]) for row in drawn]
+    expected = reference_mochi(z, bank[indices], negative_lists, sizes, method.temperature, draws)
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
