@@ -531,7 +531,18 @@ def training_table(records: Sequence[RunRecord], confidence: float = 0.95) -> st
             rows.append([method, arm, *cells])
     header = ["method", "arm", *(name[len(TRAINING_PREFIX) :] for name in names)]
     title = f"**Training scalars, last epoch** (mean ± {confidence:.0%} CI over seeds)"
-    return "\n".join([title, "", *markdown_table(header, rows)])
+    notes = []
+    if TRAINING_PREFIX + "false_negative_share" in names:
+        notes = ["", FALSE_NEGATIVE_NOTE]
+    return "\n".join([title, "", *markdown_table(header, rows), *notes])
+
+
+FALSE_NEGATIVE_NOTE = (
+    "`false_negative_share`: the share of the negatives used that have the anchor's class, one "
+    "count per negative (a ring member drawn twice counts twice). For MoCHi it counts the real "
+    "negatives only: its synthetic mixes have no class, so the share says nothing about them "
+    "(`negatives_per_anchor` does include them)."
+)
 
 
 def failures_section(summaries: Sequence[MethodSummary]) -> str:

@@ -168,6 +168,7 @@ def test_training_scalars_of_any_name_reach_the_report(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| method | arm | false_negative_share | negatives_per_anchor |" in text
     assert "| moco | ring | 0.050 ± 0.000 | 410.000 ± 0.000 |" in text
+    assert "For MoCHi it counts the real negatives only" in text
     # and a finished run's record carries them, read from its metrics.json
     spec = RunSpec("moco", "ring", 0, "cfg.yaml", (), str(tmp_path / "run"))
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
