@@ -190,14 +190,14 @@ def top_columns(similarity, count):
     sample = similarity[:, ::SAMPLE_STRIDE]
     bound = sample.topk(rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
     keep = similarity >= bound
-    kept = keep.sum(dim=1)
+    row, column = keep.nonzero(as_tuple=True)  # row-major: each row's candidates in column order
+    kept = torch.bincount(row, minlength=rows)  # cheaper than counting the B x P mask
     short = kept < count  # an unrepresentative sample: the whole row is the candidate set
     if bool(short.any()):
         keep[short] = True
-        kept = keep.sum(dim=1)
-    row, column = keep.nonzero(as_tuple=True)
-    first = torch.repeat_interleave(kept.cumsum(0) - kept, kept)
-    slot = torch.arange(column.shape[0], device=column.device) - first
+        row, column = keep.nonzero(as_tuple=True)
+        kept = torch.bincount(row, minlength=rows)
+    slot = torch.arange(column.shape[0], device=column.device) - (kept.cumsum(0) - kept)[row]
     width = int(kept.max())
     # padding is -inf and never chosen: every row has >= count real candidates, and -inf
     # entries (a bank's own entry) are never among a row's top ``count`` (count < its size)
