@@ -117,3 +117,15 @@ def test_the_ring_used_once_counts_each_member_once():
     same = labels[members] == labels[anchor_ids].unsqueeze(1)
     assert monitor.epoch_stats()["false_negative_share"] == pytest.approx(same.double().mean())
     assert record["count"] == 27
+
+
+def test_shares_accumulate_over_steps_and_need_a_known_negative():
+    labels = torch.tensor([0, 1, -1])
+    monitor = FalseNegativeMonitor(labels)
+    for ids in ([[0, 2]], [[1, 2]]):  # one known negative per step: same class, then not
+        monitor.update(
+            [{"anchor_ids": torch.tensor([0]), "ids": lambda ids=ids: torch.tensor(ids)}]
+        )
+    assert monitor.epoch_stats() == {"false_negative_share": 0.5}
+    monitor.update([{"anchor_ids": torch.tensor([0]), "ids": lambda: torch.tensor([[2, -1]])}])
+    assert monitor.epoch_stats() == {}  # nothing known: no share rather than 0/0

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.losses import hard_debiased_nce, info_nce, mochi_negatives
+from pretrain.losses import (
+    debiased_nce,
+    hard_debiased_nce,
+    hardness_weights,
+    info_nce,
+    mochi_negatives,
+)
 from pretrain.methods import METHODS
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
@@ -357,6 +363,28 @@ def test_hcl_sends_gradient_through_its_importance_weights():
             moved[1][i][j] -= step
             slope = (reference(pos, moved[0]) - reference(pos, moved[1])) / (2 * step)
             assert grad_negatives[i, j].item() == pytest.approx(slope, abs=1e-7)
+
+
+@pytest.mark.parametrize("ratio", [1.5, 40.0])
+def test_debiased_floor_past_its_edge_has_finite_gradients(ratio):
+    """tau_plus M e^p >= sum e^n (ratio r >= 1): the loss is the floor's, log(e^p + M e^{-1/t})
+    - p, even where the debiased estimate with r clamped below 1 would lie above the floor
+    (negatives near the anchor, s = 0.9 at t = 0.07), and no NaN reaches the gradient."""
+    t, tau_plus, near = 0.07, 0.5, 0.9 / 0.07
+    # r = tau_plus * M * e^p / sum e^n = 0.5 * 2 * e^p / (2 e^near): p = log(2r) + near
+    positive = torch.tensor([math.log(2 * ratio) + near], dtype=torch.float64, requires_grad=True)
+    negatives = torch.full((1, 2), near, dtype=torch.float64, requires_grad=True)
+    loss = debiased_nce(positive, negatives, tau_plus, t)
+    expected = math.log1p(2 * math.exp(-1 / t - positive.item()))
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    loss.backward()
+    assert torch.isfinite(positive.grad).all() and torch.isfinite(negatives.grad).all()
+
+
+def test_hcl_weights_for_the_monitor_are_the_softmax_of_beta_logits():
+    negatives = torch.tensor([[0.0, 1.0, 2.0]])
+    expected = torch.tensor([[1.0, math.e**0.5, math.e]]) / (1 + math.e**0.5 + math.e)
+    torch.testing.assert_close(hardness_weights(negatives, 0.5), expected)
 
 
 @pytest.mark.parametrize("count", [None, "equal"])

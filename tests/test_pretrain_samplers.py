@@ -270,3 +270,106 @@ def test_every_shipped_strategy_fits_its_methods_pool(leaf):
         sampler.check_pool(cfg.moco.queue_size, "queue entries")
     else:
         sampler.check_pool(50_000, "other bank entries", cfg[cfg.method].num_negatives)
+
+
+def test_the_samplers_keyword_defaults_are_the_config_schemas():
+    """A sampler built in code behaves as one built from a config that sets nothing."""
+    import inspect
+
+    from pretrain.defaults import DEFAULTS
+
+    signature = inspect.signature(NegativeSampler).parameters
+    for key, value in DEFAULTS["sampler"].items():
+        assert signature[key].default == value, key
+    default = NegativeSampler()
+    assert default.name == "uniform" and default.stats() == {}
+
+
+def test_ring_stats_and_the_generator_from_config():
+    ring = NegativeSampler("ring", upper=0.2, lower_ratio=0.25)
+    assert ring.stats() == {"ring_upper": 0.2, "ring_lower": pytest.approx(0.05)}
+    generator = torch.Generator()
+    cfg = load_pretrain_config(
+        "configs/pretrain/ring_moco_fmnist.yaml", ["sampler.schedule=linear"]
+    )
+    sampler = NegativeSampler.from_config(cfg.sampler, generator=generator)
+    assert sampler.generator is generator
+    assert sampler.anneal_epochs == 0.5  # anneal_fraction of the default one epoch
+    assert sampler.upper == 1.0  # built at epoch 0: the schedule's start
+
+
+def test_step_fractions_are_fractions_of_the_epochs():
+    sampler = NegativeSampler(
+        "ring", upper=0.01, schedule="step", step_fractions=[0.25, 0.5], total_epochs=8
+    )
+    uppers = []
+    for epoch in (0, 1.9, 2, 4):
+        sampler.set_epoch(epoch)
+        uppers.append(sampler.upper)
+    assert uppers == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"name": "hard"}, "choose one of uniform, ring, dcl, hcl, mochi$"),
+        ({"name": "dcl", "within_ring": True, "upper": 0.1, "lower_ratio": 0.1, "start": 0.0},
+         r"sampler.upper and sampler.start must be in \(0, 1\]"),
+        ({"name": "ring", "start": 1.5}, r"sampler.start must be in \(0, 1\]"),
+        ({"name": "mochi", "within_ring": True}, r"with dcl or hcl \(ring alone"),
+        ({"name": "ring", "schedule": "exp"}, "choose one of constant, linear, cosine, step$"),
+        ({"name": "mochi", "mochi_hardest": 4, "mochi_query": 8}, "sampler.mochi_query"),
+        ({"name": "mochi", "mochi_hardest": 4, "mochi_pairs": 5, "mochi_query": 0},
+         "sampler.mochi_pairs"),
+    ],
+)  # fmt: skip
+def test_sampler_errors_say_what_is_allowed(kwargs, message):
+    with pytest.raises(PretrainError, match=message):
+        NegativeSampler(**kwargs)
+
+
+def test_sampler_bounds_themselves_are_valid():
+    NegativeSampler("ring", num_negatives=1)
+    NegativeSampler("mochi", mochi_hardest=4, mochi_pairs=4, mochi_query=4)
+    NegativeSampler("ring", upper=1.0, start=1.0)
+
+
+def test_an_empty_ring_names_the_pool_and_the_fix():
+    pool = DensePool(torch.randn(2, 30), torch.randn(30, 4), torch.arange(30))
+    sampler = NegativeSampler("ring", upper=0.02, lower_ratio=0.5)  # ranks [0.3, 0.6) of 30
+    with pytest.raises(
+        PretrainError,
+        match=r"^the ring \[0\.01, 0\.02\) of 30 candidates keeps no candidate; raise "
+        r"sampler\.upper to at least 0\.0667$",
+    ):
+        sampler.choose(pool)
+    with pytest.raises(PretrainError, match=r"sampler.mochi_hardest=300 exceeds the 254"):
+        NegativeSampler("mochi", mochi_hardest=300, mochi_pairs=10, mochi_query=10).check_pool(
+            254, "in-batch negatives"
+        )
+
+
+def test_drawing_the_whole_ring_without_replacement_is_allowed():
+    pool = DensePool(torch.randn(2, 50), torch.randn(50, 4), torch.arange(50))
+    sampler = NegativeSampler("ring", upper=0.2, num_negatives=9, replacement=False)
+    drawn = sampler.choose(pool)  # ranks [1, 10): exactly 9 members, each once
+    assert all(sorted(row) == list(range(9)) for row in drawn.positions.tolist())
+
+
+def test_a_bank_is_ranked_in_chunks_that_fit_the_budget(monkeypatch):
+    """rows per chunk = max_bytes // (N * 4 + stop * 12): the documented memory bound."""
+    import pretrain.pools as pools
+
+    seen = []
+    original = pools.rank_slice
+
+    def spy(similarity, start, stop, by_column=True):
+        seen.append(similarity.shape[0])
+        return original(similarity, start, stop, by_column)
+
+    monkeypatch.setattr(pools, "rank_slice", spy)
+    bank = torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
+    pool = BankPool(torch.randn(7, 8), bank, torch.arange(7), draw_count=16)
+    per_row = 300 * 4 + 30 * 12
+    pool.ring_members(3, 30, max_bytes=3 * per_row + per_row - 1)
+    assert seen == [3, 3, 1]
