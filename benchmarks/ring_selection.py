@@ -10,9 +10,8 @@ Shapes:
   whole queue; ``ring`` is the default (the authors' MoCoRing): rank the queue, keep ranks
   [lower, upper) and use every member once; ``ring_equal`` is the equal-count control, K draws
   from that ring; ``selection`` is uniform's loss plus the ring's selection (result unused), to
-  split the ring's cost between ranking and the rest; ``ring_topk`` is the ring with every row
-  through torch's topk (the GPU's path) instead of the CPU's sampled bound; ``full_sort`` is a
-  reference written here: a full sort of every row, the ring sliced, used once.
+  split the ring's cost between ranking and the rest; ``full_sort`` is a reference written here:
+  a full sort of every row, the ring sliced, used once.
 - ``ir60k`` / ``ir1m``: B = 256 anchors against a memory bank of N = 60,000 (Fashion-MNIST) or
   N = 1,281,167 (ImageNet) entries, K = 4,096 negatives each. ``uniform`` draws K from the bank;
   ``ring`` (the authors' NCERing) ranks each anchor against the whole bank in row chunks
@@ -28,7 +27,6 @@ CPU only) come from one run.
 """
 
 import argparse
-import math
 import statistics
 import sys
 import threading
@@ -45,7 +43,6 @@ from benchmarks.timing import (
     median,
     resolve_devices,
 )
-from pretrain import pools
 from pretrain.errors import PretrainError, one_line_errors
 from pretrain.losses import info_nce
 from pretrain.pools import BankPool, DensePool
@@ -141,19 +138,6 @@ def full_sort_loss(shape, lower, upper, draws):
     return loss
 
 
-def plain_topk(loss):
-    """``loss`` with every row ranked by torch's topk, as on a GPU (the CPU's sampled bound off)."""
-
-    def plain(*inputs):
-        saved, pools.MIN_ROW_FOR_SAMPLING = pools.MIN_ROW_FOR_SAMPLING, math.inf
-        try:
-            return loss(*inputs)
-        finally:
-            pools.MIN_ROW_FOR_SAMPLING = saved
-
-    return plain
-
-
 def selection_only_loss(shape, lower, upper):
     """Uniform's loss plus the ring's selection, its result unused: what ranking alone costs,
     so that ``selection - uniform`` is the price of ranking and ``ring - selection`` what using
@@ -181,7 +165,6 @@ def variants(shape, options):
             shape, NegativeSampler("ring", num_negatives="equal", **options)
         )
         found["selection"] = selection_only_loss(shape, ring.lower, ring.upper)
-        found["ring_topk"] = plain_topk(found["ring"])
     if shape.bank * shape.batch * 4 <= 2**30:  # the dense reference needs B x N floats
         # the authors' ring: a bank's is drawn from, a queue's used once
         found["full_sort"] = full_sort_loss(shape, ring.lower, ring.upper, draws=bool(shape.bank))
@@ -191,7 +174,7 @@ def variants(shape, options):
 def references(shape, options):
     """``{variant: reference}`` pairs that must agree before anything is timed."""
     ring = NegativeSampler("ring", **options)
-    pairs = {"ring": "full_sort", "ring_topk": "full_sort"}
+    pairs = {"ring": "full_sort"}
     extra = {}
     if not shape.bank:
         pairs["ring_equal"] = "full_sort_equal"
@@ -349,8 +332,7 @@ def print_table(rows):
                 f"{row['device']} {row['shape']} forward, x uniform: uniform plus the ring's "
                 f"selection {row['selection_s'] / uniform:.2f} (ranking adds "
                 f"{(row['selection_s'] - uniform) / uniform:.2f}), the authors' ring (used once) "
-                f"{row['ring_s'] / uniform:.2f} (with torch's topk instead of the sampled bound "
-                f"{row['ring_topk_s'] / uniform:.2f}), the equal-count control "
+                f"{row['ring_s'] / uniform:.2f}, the equal-count control "
                 f"{row['ring_equal_s'] / uniform:.2f}"
             )
         if row["bank"] and row["pass"] == "forward":

@@ -13,7 +13,6 @@ false-negative monitor).
   similarities plus ``rows * stop * 12`` for its top-``stop``, ``rows`` chosen to fit).
 """
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -167,58 +166,16 @@ class BankPool:
         return columns.columns() if isinstance(columns, RingDraws) else columns
 
 
-# Ranking a row on CPU: torch's topk runs a selection over (value, index) pairs of the whole row
-# (~10 ns an entry on one core), more than the uniform loss itself at MoCo's shape. A strided
-# sample of the row bounds the k-th largest value from below, and only the entries above that
-# bound (a few percent of the row) go through topk. Exact: a row whose bound keeps fewer than k
-# entries keeps all of them instead. GPUs select fast and would sync on the counts: plain topk.
-SAMPLE_STRIDE = 32
-MIN_ROW_FOR_SAMPLING = 4096
-SAMPLE_MARGIN_SD = 4.0  # the sample's rank of the bound: expected + 4 binomial s.d. + 4
-
-
-def top_columns(similarity, count):
-    """``(values, columns)``, each (B, count): every row's ``count`` largest entries, in no
-    particular order. Ties at the boundary keep any of the tied entries (equal values)."""
-    rows, size = similarity.shape
-    sampled = (size + SAMPLE_STRIDE - 1) // SAMPLE_STRIDE
-    if similarity.device.type != "cpu" or size < MIN_ROW_FOR_SAMPLING or count * 4 > size:
-        top = similarity.topk(count, dim=1, sorted=False)
-        return top.values, top.indices
-    expected = count * sampled / size
-    rank = min(sampled, math.ceil(expected + SAMPLE_MARGIN_SD * math.sqrt(expected) + 4))
-    sample = similarity[:, ::SAMPLE_STRIDE]
-    bound = sample.topk(rank, dim=1, sorted=False).values.amin(dim=1, keepdim=True)
-    keep = similarity >= bound
-    row, column = keep.nonzero(as_tuple=True)  # row-major: each row's candidates in column order
-    kept = torch.bincount(row, minlength=rows)  # cheaper than counting the B x P mask
-    short = kept < count  # an unrepresentative sample: the whole row is the candidate set
-    if bool(short.any()):
-        keep[short] = True
-        row, column = keep.nonzero(as_tuple=True)
-        kept = torch.bincount(row, minlength=rows)
-    slot = torch.arange(column.shape[0], device=column.device) - (kept.cumsum(0) - kept)[row]
-    width = int(kept.max())
-    # padding is -inf and never chosen: every row has >= count real candidates, and -inf
-    # entries (a bank's own entry) are never among a row's top ``count`` (count < its size)
-    values = similarity.new_full((rows, width), float("-inf"))
-    values[row, slot] = similarity[row, column]
-    candidates = torch.zeros(rows, width, dtype=torch.long, device=similarity.device)
-    candidates[row, slot] = column
-    top = values.topk(count, dim=1, sorted=False)
-    return top.values, candidates.gather(1, top.indices)
-
-
 def rank_slice(similarity, start, stop, by_column=True):
     """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``.
 
-    One top-``stop`` per row (``top_columns``) and a smaller selection inside it: never a full
-    sort. Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
+    One unsorted top-``stop`` per row and a smaller selection inside it: never a full sort.
+    Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
     ``by_column``: listed by column, so that a draw of positions names the same member whatever
-    the selection's order (the ring used once needs no order: its loss is a sum).
+    topk's order (the ring used once needs no order: its loss is a sum, and skipping the sort
+    saves a B x R sort per step).
     """
-    values, columns = top_columns(similarity, stop)
-    if start > 0:
-        inner = values.topk(stop - start, dim=1, largest=False, sorted=False).indices
-        columns = columns.gather(1, inner)
+    top = similarity.topk(stop, dim=1, sorted=False)
+    inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
+    columns = top.indices.gather(1, inner)
     return columns.sort(dim=1).values if by_column else columns

@@ -129,3 +129,5 @@ def test_shares_accumulate_over_steps_and_need_a_known_negative():
     assert monitor.epoch_stats() == {"false_negative_share": 0.5}
     monitor.update([{"anchor_ids": torch.tensor([0]), "ids": lambda: torch.tensor([[2, -1]])}])
     assert monitor.epoch_stats() == {}  # nothing known: no share rather than 0/0
+    monitor.update([{"anchor_ids": torch.tensor([1]), "ids": lambda: torch.tensor([[1, 2]])}])
+    assert monitor.epoch_stats() == {"false_negative_share": 1.0}  # one known negative

@@ -117,6 +117,8 @@ def test_the_monitor_reads_each_anchor_against_its_own_negatives(name, tiny_conf
     if name == "moco":  # a queue of known images, none of them an anchor
         method.queue_ids.copy_(torch.arange(64) % 30)
     _, stats = method(views, indices, NegativeSampler("uniform"))
+    ids = stats["monitor"][0]["ids"]()
+    assert ids.shape == (len(stats["monitor"][0]["anchor_ids"]), stats["negatives_per_anchor"])
     shares = []
     for labels in (torch.arange(40), torch.zeros(40, dtype=torch.long)):
         monitor = FalseNegativeMonitor(labels)

@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from pretrain.errors import PretrainError
-from pretrain.pools import (
-    MIN_ROW_FOR_SAMPLING,
-    SAMPLE_STRIDE,
-    BankPool,
-    DensePool,
-    rank_slice,
-    top_columns,
-)
+from pretrain.pools import BankPool, DensePool, rank_slice
 from pretrain.samplers import NegativeSampler, draw_positions, ring_rank_range
 from pretrain.schedules import lr_factor, ring_upper_at
 from pretrain.trainer import load_pretrain_config, train
@@ -129,38 +122,11 @@ def test_bank_ranking_in_chunks_equals_one_dense_ranking():
     assert not (pool.ring_members(0, 299, 2**30) == own.unsqueeze(1)).any()  # never its own
 
 
-@pytest.mark.parametrize("start, stop", [(0, 60), (12, 120), (100, 1000)])
-def test_the_sampled_bound_selects_exactly_the_top_of_long_rows(start, stop):
-    """Rows long enough for the CPU's sampled bound: the same members as a full argsort."""
+def test_the_ring_used_once_is_the_same_members_unordered():
     torch.manual_seed(3)
-    similarity = torch.randn(4, 6000)
-    assert similarity.shape[1] >= MIN_ROW_FOR_SAMPLING and stop * 4 <= similarity.shape[1]
-    members = rank_slice(similarity, start, stop)
-    assert members.tolist() == ring_by_argsort(similarity, start, stop)
-    unordered = rank_slice(similarity, start, stop, by_column=False)
-    assert [sorted(row) for row in unordered.tolist()] == members.tolist()
-
-
-def test_an_unrepresentative_sample_falls_back_to_the_whole_row():
-    """Every sampled column holds one of the row's largest values: the sample's bound keeps too
-    few entries, and that row (only) is selected from all of its columns."""
-    torch.manual_seed(4)
-    similarity = torch.rand(3, 5000)
-    similarity[1, ::SAMPLE_STRIDE] += 10.0
-    stop = 400  # > the 157 sampled columns of row 1 above every other entry
-    values, columns = top_columns(similarity, stop)
-    reference = similarity.topk(stop, dim=1).values
-    torch.testing.assert_close(values.sort(dim=1).values, reference.sort(dim=1).values)
-    assert [sorted(row) for row in columns.tolist()] == ring_by_argsort(similarity, 0, stop)
-
-
-def test_ties_in_a_long_row_keep_the_values_of_the_sorted_ranks():
-    similarity = torch.arange(6000.0).div(50).floor().unsqueeze(0).repeat(2, 1)  # runs of 50
-    values, columns = top_columns(similarity, 125)  # the boundary cuts a run of ties
-    expected = similarity.sort(dim=1, descending=True).values[:, :125]
-    assert torch.equal(values.sort(dim=1).values, expected.sort(dim=1).values)
-    assert torch.equal(similarity.gather(1, columns), values)
-    assert all(len(set(row)) == 125 for row in columns.tolist())  # no column twice
+    similarity = torch.randn(4, 600)
+    unordered = rank_slice(similarity, 12, 120, by_column=False)
+    assert [sorted(row) for row in unordered.tolist()] == ring_by_argsort(similarity, 12, 120)
 
 
 def test_linear_cosine_step_constant_upper():
@@ -274,15 +240,28 @@ def test_every_shipped_strategy_fits_its_methods_pool(leaf):
 
 def test_the_samplers_keyword_defaults_are_the_config_schemas():
     """A sampler built in code behaves as one built from a config that sets nothing."""
-    import inspect
-
     from pretrain.defaults import DEFAULTS
 
-    signature = inspect.signature(NegativeSampler).parameters
-    for key, value in DEFAULTS["sampler"].items():
-        assert signature[key].default == value, key
-    default = NegativeSampler()
-    assert default.name == "uniform" and default.stats() == {}
+    built = NegativeSampler()
+    schema = NegativeSampler.from_config(DEFAULTS["sampler"], total_epochs=1.0)
+    for sampler in (built, schema):
+        assert sampler.name == "uniform" and sampler.stats() == {}
+        assert sampler.anneal_epochs == 0.5 and sampler.rank_chunk_bytes == 256 * 2**20
+        assert (sampler.tau_plus, sampler.beta, sampler.mochi) == (0.1, 1.0, (1024, 1024, 256))
+        assert (sampler.target_upper, sampler.lower_ratio, sampler.num_negatives) == (
+            0.1,
+            0.1,
+            None,
+        )
+
+
+def test_draws_without_replacement_follow_their_generator():
+    drawn = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)  # must not matter: the sampler's generator decides
+        generator = torch.Generator().manual_seed(5)
+        drawn.append(draw_positions(3, 20, 6, replacement=False, generator=generator))
+    assert torch.equal(drawn[0], drawn[1])
 
 
 def test_ring_stats_and_the_generator_from_config():
@@ -343,6 +322,10 @@ def test_an_empty_ring_names_the_pool_and_the_fix():
         r"sampler\.upper to at least 0\.0667$",
     ):
         sampler.choose(pool)
+    with pytest.raises(
+        PretrainError, match=r"of 1 queue entries keeps no candidate; .* at least 1$"
+    ):
+        NegativeSampler("ring").check_pool(1, "queue entries")
     with pytest.raises(PretrainError, match=r"sampler.mochi_hardest=300 exceeds the 254"):
         NegativeSampler("mochi", mochi_hardest=300, mochi_pairs=10, mochi_query=10).check_pool(
             254, "in-batch negatives"
@@ -371,5 +354,8 @@ def test_a_bank_is_ranked_in_chunks_that_fit_the_budget(monkeypatch):
     bank = torch.nn.functional.normalize(torch.randn(300, 8), dim=1)
     pool = BankPool(torch.randn(7, 8), bank, torch.arange(7), draw_count=16)
     per_row = 300 * 4 + 30 * 12
-    pool.ring_members(3, 30, max_bytes=3 * per_row + per_row - 1)
+    pool.ring_members(3, 30, max_bytes=3 * per_row)
     assert seen == [3, 3, 1]
+    seen.clear()
+    pool.ring_members(3, 30, max_bytes=per_row + per_row - 1)  # one row fits: one a chunk
+    assert seen == [1] * 7
