@@ -9,10 +9,12 @@
   its usual pool: a bank's ring is drawn from, as many draws (uniform, with replacement) as the
   uniform arm has (their ``NCERing``, IR/CMC); a queue's or a batch's ring is used whole, each
   member once (their ``MoCoRing``, ``SimCLRRing``). ``equal`` draws as many as the uniform arm
-  has for every method (the equal-count control: MoCo/SimCLR then see the ring ~1/upper times
-  over); ``ring`` uses the ring once for every method; an integer draws that many.
+  has for every method (the equal-count control: MoCo/SimCLR then see each ring member about
+  1 / (upper (1 - lower_ratio)) times); ``ring`` uses the ring once for every method; an integer
+  draws that many.
 - ``dcl`` (Chuang et al. 2020) and ``hcl`` (Robinson et al. 2021): debiased and hardness-
-  weighted estimators over the uniform negatives, or over ring draws with ``within_ring: true``.
+  weighted estimators over the uniform negatives, or over the ring with ``within_ring: true``
+  (taken as ``num_negatives`` says).
 - ``mochi`` (Kalantidis et al. 2020): the uniform negatives plus synthetic mixes of the hardest.
   Not combined with the ring: both pick by the same similarity rank, and "mix ranks [lower,
   lower + N)" would be an estimator neither paper defines.
