@@ -177,3 +177,26 @@ def test_training_scalars_of_any_name_reach_the_report(tmp_path):
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"history": history}))
     metrics = finished_record(spec).metrics
     assert metrics == {"linear_top1": 0.5, "train/loss": 2.5, "train/made_up": 9.0}
+
+
+def test_reused_records_stand_in_for_runs_without_a_folder(tmp_path):
+    """--reuse-records: an earlier report's record counts as finished where the run folder has
+    no eval.json; a folder's own evaluation wins; a file that is not records.json is refused."""
+    from launcher.study import RunSpec, finished_record, load_reused_records
+
+    path = tmp_path / "records.json"
+    write_report(study_records(), {}, tmp_path, "cmd", "desc")
+    reused = load_reused_records(path)
+    assert ("ir", "ring", 2) not in reused  # failed runs are not reused
+    spec = RunSpec("moco", "ring", 1, "cfg.yaml", (), str(tmp_path / "moco_ring_s1"))
+    assert finished_record(spec, reused).metrics["linear_top1"] == 0.85
+    assert finished_record(spec) is None
+    (tmp_path / "moco_ring_s1" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "moco_ring_s1" / "checkpoints" / "eval.json").write_text(
+        '{"metrics": {"linear_top1": 0.5}}'
+    )
+    assert finished_record(spec, reused).metrics["linear_top1"] == 0.5
+    (tmp_path / "bad.json").write_text('{"not": "a list"}')
+    with pytest.raises(StudyError, match="--reuse-records .*bad.json: not a study's records"):
+        load_reused_records(tmp_path / "bad.json")
+    assert load_reused_records(None) == {}
