@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-step cost of choosing negatives: uniform vs ring (the paper's estimator) vs a full sort.
+"""Per-step cost of choosing negatives: uniform vs the authors' ring vs a full-sort reference.
 
     python -m benchmarks.ring_selection [--preset full|smoke] [--shapes moco ir60k ir1m]
         [--devices auto|cpu|cuda|cpu,cuda] [--repeats N] [--threads N] [--upper 0.1]
@@ -7,21 +7,23 @@
 
 Shapes:
 - ``moco``: B = 256 queries against one queue of K = 65,536 keys (d = 128). ``uniform`` uses the
-  whole queue; ``ring`` ranks it, keeps ranks [lower, upper) and draws K from that ring (equal
-  negatives per anchor); ``ring_once`` uses the ring once (the authors' MoCoRing); ``selection`` is
-  uniform's loss plus the ring's selection (result unused), to split the ring's cost between
-  ranking and drawing; ``full_sort``
-  is a reference written here: a full sort of every row, the ring sliced, the same draws.
+  whole queue; ``ring`` is the default (the authors' MoCoRing): rank the queue, keep ranks
+  [lower, upper) and use every member once; ``ring_equal`` is the equal-count control, K draws
+  from that ring; ``selection`` is uniform's loss plus the ring's selection (result unused), to
+  split the ring's cost between ranking and the rest; ``full_sort`` is a reference written here:
+  a full sort of every row, the ring sliced, used once.
 - ``ir60k`` / ``ir1m``: B = 256 anchors against a memory bank of N = 60,000 (Fashion-MNIST) or
   N = 1,281,167 (ImageNet) entries, K = 4,096 negatives each. ``uniform`` draws K from the bank;
-  ``ring`` ranks each anchor against the whole bank in row chunks (``sampler.rank_chunk_mb``,
-  default 256 MiB) and draws K from its ring.
+  ``ring`` (the authors' NCERing) ranks each anchor against the whole bank in row chunks
+  (``sampler.rank_chunk_mb``, default 256 MiB) and draws K from its ring; ``full_sort`` sorts,
+  slices and makes the same draws.
 
 Every variant is timed from the embeddings to the loss (forward, with autograd recording, and
 forward+backward), through the project's own ``pretrain.samplers`` / ``pretrain.pools`` code.
-Before timing, ``ring`` must equal ``full_sort`` (same loss and gradient), or the run stops.
-Repetitions are interleaved; medians, ratios and the peak resident memory each variant added
-(a sampling thread over /proc, CPU only) come from one run.
+Before timing, ``ring`` must equal ``full_sort`` (same loss and gradient), and ``ring_equal`` a
+full-sort reference with the same draws, or the run stops. Repetitions are interleaved;
+medians, ratios and the peak resident memory each variant added (a sampling thread over /proc,
+CPU only) come from one run.
 """
 
 import argparse
@@ -46,7 +48,7 @@ from pretrain.losses import info_nce
 from pretrain.pools import BankPool, DensePool
 from pretrain.samplers import NegativeSampler, ring_rank_range
 
-TARGET_RING_OVER_UNIFORM = 1.15  # issue 12, MoCo shape, forward
+TARGET_RING_OVER_UNIFORM = 1.15  # issues 12 and 25, MoCo shape, forward, the authors' ring
 LOSS_TOLERANCE = 1e-4  # float32 logsumexp over 65k terms in different orders
 GRAD_TOLERANCE = 1e-4
 SEED = 0
@@ -111,8 +113,9 @@ def sampler_loss(shape, sampler):
     return loss
 
 
-def full_sort_loss(shape, lower, upper):
-    """The reference: rank by a full sort, slice the ring, list it by column, same draws."""
+def full_sort_loss(shape, lower, upper, draws):
+    """The reference: rank by a full sort, slice the ring, list it by column; then the same
+    seeded draws (``draws``) or every member once."""
 
     def loss(anchor, positive, pool, own):
         similarity = anchor @ pool.T
@@ -122,11 +125,14 @@ def full_sort_loss(shape, lower, upper):
         start, stop = ring_rank_range(size, lower, upper)
         order = similarity.detach().sort(dim=1, descending=True).indices
         ring = order[:, start:stop].sort(dim=1).values
-        generator = torch.Generator(device=anchor.device).manual_seed(SEED)
-        draws = torch.randint(
-            stop - start, (shape.batch, shape.negatives), generator=generator, device=anchor.device
-        )
-        negatives = similarity.gather(1, ring.gather(1, draws)) / shape.temperature
+        if draws:
+            generator = torch.Generator(device=anchor.device).manual_seed(SEED)
+            positions = torch.randint(
+                stop - start, (shape.batch, shape.negatives), generator=generator,
+                device=anchor.device,
+            )  # fmt: skip
+            ring = ring.gather(1, positions)
+        negatives = similarity.gather(1, ring) / shape.temperature
         return info_nce((anchor * positive).sum(dim=1) / shape.temperature, negatives)
 
     return loss
@@ -134,12 +140,13 @@ def full_sort_loss(shape, lower, upper):
 
 def selection_only_loss(shape, lower, upper):
     """Uniform's loss plus the ring's selection, its result unused: what ranking alone costs,
-    so that ``ring - ring_once`` and ``selection - uniform`` split the ring's price in two."""
+    so that ``selection - uniform`` is the price of ranking and ``ring - selection`` what using
+    the ring adds (or saves: its loss runs over a tenth of the queue)."""
     uniform = NegativeSampler("uniform")
 
     def loss(anchor, positive, pool, own):
         dense = make_pool(shape, anchor, pool, own)
-        dense.ring_members(*ring_rank_range(dense.size, lower, upper), max_bytes=2**30)
+        dense.ring_members(*ring_rank_range(dense.size, lower, upper), 2**30, by_column=False)
         positive_similarity = (anchor * positive).sum(dim=1)
         return uniform.contrast(anchor, positive_similarity, dense, shape.temperature)[0]
 
@@ -147,19 +154,32 @@ def selection_only_loss(shape, lower, upper):
 
 
 def variants(shape, options):
+    """The timed variants and the untimed references they are checked against."""
     ring = NegativeSampler("ring", **options)
     found = {
         "uniform": sampler_loss(shape, NegativeSampler("uniform")),
         "ring": sampler_loss(shape, ring),
     }
     if not shape.bank:
-        found["ring_once"] = sampler_loss(
-            shape, NegativeSampler("ring", num_negatives="ring", **options)
+        found["ring_equal"] = sampler_loss(
+            shape, NegativeSampler("ring", num_negatives="equal", **options)
         )
         found["selection"] = selection_only_loss(shape, ring.lower, ring.upper)
     if shape.bank * shape.batch * 4 <= 2**30:  # the dense reference needs B x N floats
-        found["full_sort"] = full_sort_loss(shape, ring.lower, ring.upper)
+        # the authors' ring: a bank's is drawn from, a queue's used once
+        found["full_sort"] = full_sort_loss(shape, ring.lower, ring.upper, draws=bool(shape.bank))
     return found
+
+
+def references(shape, options):
+    """``{variant: reference}`` pairs that must agree before anything is timed."""
+    ring = NegativeSampler("ring", **options)
+    pairs = {"ring": "full_sort"}
+    extra = {}
+    if not shape.bank:
+        pairs["ring_equal"] = "full_sort_equal"
+        extra["full_sort_equal"] = full_sort_loss(shape, ring.lower, ring.upper, draws=True)
+    return pairs, extra
 
 
 def loss_and_grad(fn, inputs):
@@ -171,22 +191,30 @@ def loss_and_grad(fn, inputs):
     return loss.detach(), grad
 
 
-def check_agreement(shape, functions, inputs):
-    """ring vs full_sort: same loss and gradient, or the timings would compare different losses."""
-    ring_loss, ring_grad = loss_and_grad(functions["ring"], inputs)
+def check_agreement(shape, functions, inputs, options=None):
+    """Each ring against its full-sort reference: same loss and gradient, or the timings would
+    compare different losses."""
+    pairs, extra = references(shape, options or {"upper": 0.1, "lower_ratio": 0.1})
+    every = {**functions, **extra}
+    ring_loss = loss_and_grad(functions["ring"], inputs)[0]
     losses = {"loss_ring": ring_loss.item()}
     losses["loss_uniform"] = loss_and_grad(functions["uniform"], inputs)[0].item()
-    if "full_sort" not in functions:
-        return {"loss_max_diff": None, **losses}
-    sort_loss, sort_grad = loss_and_grad(functions["full_sort"], inputs)
-    loss_diff = (ring_loss - sort_loss).abs().item()
-    grad_diff = (ring_grad - sort_grad).abs().max().item()
-    if loss_diff > LOSS_TOLERANCE * max(abs(sort_loss.item()), 1.0) or grad_diff > GRAD_TOLERANCE:
-        raise PretrainError(
-            f"{shape.name}: ring and full_sort disagree (|loss diff| {loss_diff:.2e}, |grad diff| "
-            f"{grad_diff:.2e}); the sampler or the reference is wrong"
-        )
-    return {"loss_max_diff": loss_diff, **losses}
+    worst = None
+    for name, reference in pairs.items():
+        if name not in every or reference not in every:
+            continue
+        loss, grad = loss_and_grad(every[name], inputs)
+        sort_loss, sort_grad = loss_and_grad(every[reference], inputs)
+        loss_diff = (loss - sort_loss).abs().item()
+        grad_diff = (grad - sort_grad).abs().max().item()
+        tolerance = LOSS_TOLERANCE * max(abs(sort_loss.item()), 1.0)
+        if loss_diff > tolerance or grad_diff > GRAD_TOLERANCE:
+            raise PretrainError(
+                f"{shape.name}: {name} and {reference} disagree (|loss diff| {loss_diff:.2e}, "
+                f"|grad diff| {grad_diff:.2e}); the sampler or the reference is wrong"
+            )
+        worst = max(worst or 0.0, loss_diff)
+    return {"loss_max_diff": worst, **losses}
 
 
 def resident_bytes():
@@ -233,7 +261,7 @@ def step(fn, inputs, backward):
 def measure_shape(shape, device, options, repeats):
     inputs = make_inputs(shape, device)
     functions = variants(shape, options)
-    agreement = check_agreement(shape, functions, inputs)
+    agreement = check_agreement(shape, functions, inputs, options)
     rows = []
     for backward in (False, True):
         runs = {name: step(fn, inputs, backward) for name, fn in functions.items()}
@@ -283,14 +311,14 @@ def print_table(rows):
         "medians in s; ring/uniform = ratio of medians [per-repetition quartiles]; peak MiB added"
     )
     print(
-        f"{'device':6} {'shape':6} {'pass':16} {'uniform':>9} {'ring':>9} {'ring_once':>9} "
+        f"{'device':6} {'shape':6} {'pass':16} {'uniform':>9} {'ring':>9} {'ring_eq':>9} "
         f"{'full_sort':>9} {'ring/uniform':>18} {'peak u/r MiB':>14}  verdict"
     )
     for row in rows:
         low, high = row["ring_over_uniform_quartiles"]
         cells = [
             f"{row[k]:9.4f}" if k in row else f"{'-':>9}"
-            for k in ("uniform_s", "ring_s", "ring_once_s", "full_sort_s")
+            for k in ("uniform_s", "ring_s", "ring_equal_s", "full_sort_s")
         ]
         print(
             f"{row['device']:6} {row['shape']:6} {row['pass']:16} {' '.join(cells)} "
@@ -302,11 +330,10 @@ def print_table(rows):
             uniform = row["uniform_s"]
             print(
                 f"{row['device']} {row['shape']} forward, x uniform: uniform plus the ring's "
-                "selection "
-                f"{row['selection_s'] / uniform:.2f}, the ring used once "
-                f"{row['ring_once_s'] / uniform:.2f}, equal-count draws from it "
-                f"{row['ring_s'] / uniform:.2f} (the draws add "
-                f"{(row['ring_s'] - row['ring_once_s']) / uniform:.2f})"
+                f"selection {row['selection_s'] / uniform:.2f} (ranking adds "
+                f"{(row['selection_s'] - uniform) / uniform:.2f}), the authors' ring (used once) "
+                f"{row['ring_s'] / uniform:.2f}, the equal-count control "
+                f"{row['ring_equal_s'] / uniform:.2f}"
             )
         if row["bank"] and row["pass"] == "forward":
             print(

@@ -22,8 +22,8 @@ from pretrain.samplers import NegativeSampler
 
 STRATEGIES = {
     "uniform": {},
-    "ring": {"upper": 0.1},
-    "ring_once": {"upper": 0.1, "num_negatives": "ring"},
+    "ring": {"upper": 0.1},  # the authors' MoCoRing: every ring member once
+    "ring_equal": {"upper": 0.1, "num_negatives": "equal"},  # the equal-count control
     "dcl": {"tau_plus": 0.1},
     "hcl": {"tau_plus": 0.1, "beta": 1.0},
     "hcl_in_ring": {"tau_plus": 0.1, "beta": 1.0, "within_ring": True, "upper": 0.1},

@@ -4,6 +4,10 @@ Seeds are few (3 by default), so intervals use Student's t distribution, not the
 with n = 3 the 95% t quantile is 4.30, more than twice the normal 1.96. Comparing two
 negative samplers uses the *paired* difference (same seed, same data order), which removes the
 seed-to-seed variance both samplers share.
+
+A table of such differences is a family of tests: at 95% each, one of twenty null differences
+is expected to exclude zero by chance. ``holm_adjusted`` (Holm 1979) controls the family-wise
+error rate: a row counts as resolved only when its adjusted p-value is below 1 - confidence.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ class MeanCI:
     """Mean of `n` values with the half-width of its confidence interval.
 
     `half_width` is None when n == 1: one value carries no information about its spread, and
-    printing a zero-width interval would claim a certainty the data do not have.
+    printing a zero-width interval would claim a certainty the data do not have. `p_value` is
+    the two-sided Student-t test of mean = 0 (None when n == 1).
     """
 
     mean: float
     half_width: float | None
     n: int
     confidence: float
+    p_value: float | None = None
 
     @property
     def low(self) -> float | None:
@@ -78,7 +84,11 @@ def mean_confidence_interval(values: Sequence[float], confidence: float = 0.95) 
     sample_var = sum((v - mean) ** 2 for v in values) / (n - 1)
     standard_error = math.sqrt(sample_var / n)
     half_width = t_quantile(confidence, n - 1) * standard_error
-    return MeanCI(mean=mean, half_width=half_width, n=n, confidence=confidence)
+    if standard_error > 0:
+        p_value = float(2.0 * scipy_stats.t.sf(abs(mean) / standard_error, n - 1))
+    else:  # identical values: certain, unless they are all zero
+        p_value = 0.0 if mean != 0 else 1.0
+    return MeanCI(mean, half_width, n, confidence, p_value)
 
 
 def paired_difference_ci(
@@ -98,3 +108,21 @@ def paired_difference_ci(
         )
     differences = [treatment[seed] - control[seed] for seed in sorted(treatment)]
     return mean_confidence_interval(differences, confidence)
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given.
+
+    Sorted ascending, the i-th smallest of m (i from 0) is multiplied by m - i, capped at 1, and
+    made non-decreasing; rejecting every hypothesis whose adjusted value is <= alpha controls
+    the probability of any false rejection in the family at alpha.
+    """
+    if any(not 0.0 <= p <= 1.0 for p in p_values):
+        raise StatsError(f"p-values must lie in [0, 1], got {list(p_values)}")
+    count = len(p_values)
+    adjusted = [1.0] * count
+    running = 0.0
+    for rank, index in enumerate(sorted(range(count), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (count - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted

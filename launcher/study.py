@@ -5,7 +5,8 @@ Each method has a pair of configs, `uniform_<method>_<dataset>.yaml` and
 common overrides and the seed, and refused unless the two differ only in `sampler.*`: steps,
 batch, augmentations, schedule and data order (seeded) are then identical by construction.
 Results are compared per seed (paired), which is why one failed run removes its seed from that
-method's difference instead of being averaged over silently.
+method's difference instead of being averaged over silently. Each table of differences is one
+family of tests: its verdicts are Holm-Bonferroni corrected (family-wise error 1 - confidence).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import submitit
 
 from launcher.errors import LauncherError
 from launcher.report import grouped_bars, interval_text, markdown_table, pyplot, save_png
-from launcher.stats import MeanCI, StatsError, mean_confidence_interval, paired_difference_ci
+from launcher.stats import (
+    MeanCI,
+    StatsError,
+    holm_adjusted,
+    mean_confidence_interval,
+    paired_difference_ci,
+)
 from launcher.study_presets import load_preset
 from pretrain.atomic_write import write_text_atomic
 from pretrain.errors import PretrainError
@@ -180,13 +187,31 @@ def eval_path(spec: RunSpec) -> Path:
     return Path(spec.output_dir) / "checkpoints" / "eval.json"
 
 
-def finished_record(spec: RunSpec) -> RunRecord | None:
-    """The record of a spec already evaluated (its eval.json exists), else None."""
+def finished_record(spec: RunSpec, reused: dict | None = None) -> RunRecord | None:
+    """The record of a spec already evaluated (its eval.json exists), else the record of an
+    earlier study that ``reused`` holds for its (method, arm, seed), else None."""
     done = eval_path(spec)
     if not done.is_file():
-        return None
+        return (reused or {}).get((spec.method, spec.sampler, spec.seed))
     metrics = {**json.loads(done.read_text())["metrics"], **training_scalars(spec)}
     return RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir, metrics)
+
+
+def load_reused_records(path: str | Path | None) -> dict:
+    """``{(method, arm, seed): RunRecord}`` from an earlier report's records.json, for runs whose
+    folders are gone; whoever passes it vouches that their code path has not changed."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text())
+        records = [RunRecord(**row) for row in rows]
+    except (OSError, ValueError, TypeError) as exc:
+        raise StudyError(
+            f"--reuse-records {path}: not a study's records.json ({exc}); pass the records.json "
+            "an earlier report wrote"
+        ) from None
+    return {(r.method, r.sampler, r.seed): r for r in records if r.error is None}
 
 
 # the machine sets the speed, and the epoch count is the budget, not a result
@@ -235,6 +260,7 @@ def execute_runs(
     specs: Sequence[RunSpec],
     run_one: Callable[[RunSpec], dict],
     log: Callable[[str], None] = print,
+    reused: dict | None = None,
 ) -> list[RunRecord]:
     """Run specs in order; a run that fails is recorded with its error and the rest continue.
 
@@ -244,9 +270,10 @@ def execute_runs(
     records = []
     for index, spec in enumerate(specs, 1):
         prefix = f"[{index}/{len(specs)}] {spec.name}"
-        record = finished_record(spec)
+        record = finished_record(spec, reused)
         if record is not None:
-            log(f"{prefix}: already evaluated, reusing {eval_path(spec)}")
+            where = eval_path(spec) if eval_path(spec).is_file() else "the reused records"
+            log(f"{prefix}: already evaluated, reusing {where}")
         else:
             log(f"{prefix}: pretraining + evaluation")
             record = RunRecord(spec.method, spec.sampler, spec.seed, spec.output_dir)
@@ -274,11 +301,12 @@ def execute_array(
     log_root: str | Path,
     resources,
     log: Callable[[str], None] = print,
+    reused: dict | None = None,
 ) -> list[RunRecord]:
     """Submit the unfinished specs as ONE job array (launcher API) and wait for all of them."""
     from launcher.executors import job_record, make_executor, map_array, unique_log_folder
 
-    records = {spec: finished_record(spec) for spec in specs}
+    records = {spec: finished_record(spec, reused) for spec in specs}
     pending = [spec for spec, record in records.items() if record is None]
     log(f"{len(specs) - len(pending)} runs already evaluated, submitting {len(pending)}")
     if pending:
@@ -313,6 +341,7 @@ class MethodSummary:
     failed: list[str]
     arm: str = "ring"
     reference: str = "uniform"  # what the difference is taken against
+    holm_p: float | None = None  # p-value adjusted over the summary's table (its family)
 
 
 def metric_by_seed(records: Sequence[RunRecord], method: str, sampler: str, metric: str):
@@ -373,18 +402,42 @@ def summarise(records: Sequence[RunRecord], metric: str, confidence=0.95) -> lis
                     method, metric, per_sampler, difference, common, failed, arm, reference
                 )
             )
+    for family in families(summaries):
+        tested = [
+            s for s in family if s.difference is not None and s.difference.p_value is not None
+        ]
+        for summary, adjusted in zip(tested, holm_adjusted([s.difference.p_value for s in tested])):
+            summary.holm_p = adjusted
     return summaries
 
 
-def verdict(difference: MeanCI | None, arm: str = "ring") -> str:
-    """Plain words for an arm - uniform interval: only a CI excluding zero counts as an effect."""
+def families(summaries: Sequence[MethodSummary]) -> list[list[MethodSummary]]:
+    """The families of tests, one per table: every arm against uniform, and the variants
+    against their own strategy."""
+    against_uniform = [s for s in summaries if s.reference == "uniform"]
+    return [against_uniform, [s for s in summaries if s.reference != "uniform"]]
+
+
+def verdict(difference: MeanCI | None, arm: str = "ring", holm_p: float | None = None) -> str:
+    """Plain words for an arm - reference interval. With ``holm_p`` (the row's p-value adjusted
+    over its table) only a family-wise resolved difference counts as an effect; without it the
+    row is its own family and its interval decides."""
     if difference is None:
         return "no paired runs"
     if difference.half_width is None:
         return "1 seed: no interval, no verdict"
-    if difference.excludes_zero():
+    resolved = difference.excludes_zero() if holm_p is None else holm_p <= 1 - difference.confidence
+    if resolved:
         return f"{arm} better" if difference.mean > 0 else f"{arm} worse"
+    if difference.excludes_zero():
+        return "not resolved after Holm (the row's own CI excludes 0)"
     return "no resolved difference (CI includes 0)"
+
+
+def p_text(p_value: float | None) -> str:
+    if p_value is None:
+        return "—"
+    return f"{p_value:.3f}" if p_value >= 0.001 else "<0.001"
 
 
 # ---------------------------------------------------------------- writing
@@ -399,8 +452,10 @@ def comparison_rows(summaries: Sequence[MethodSummary], with_reference: bool) ->
             interval_text(s.per_sampler.get(s.reference), absent="failed"),
             interval_text(s.per_sampler.get(s.arm), absent="failed"),
             interval_text(s.difference, signed=True),
+            p_text(s.difference.p_value if s.difference else None),
+            p_text(s.holm_p),
             len(s.paired_seeds),
-            verdict(s.difference, s.arm),
+            verdict(s.difference, s.arm, s.holm_p),
         ]
         for s in summaries
     ]
@@ -414,20 +469,37 @@ def metric_table(summaries: Sequence[MethodSummary], label: str, floor: float | 
     )
     pct = f"{confidence:.0%}"
     against_uniform = [s for s in summaries if s.reference == "uniform"]
-    header = ["method", "arm", "uniform", "arm", f"arm − uniform ({pct} CI)", "seeds", "verdict"]
+    tests = ["p", "Holm p", "seeds", "verdict"]
+    header = ["method", "arm", "uniform", "arm", f"arm − uniform ({pct} CI)", *tests]
     lines = [
         f"**{label}** (%, mean ± {pct} Student-t CI over seeds; difference paired by seed)",
+        "",
+        family_note(against_uniform, confidence),
         "",
         *markdown_table(header, comparison_rows(against_uniform, with_reference=False)),
     ]
     variants = [s for s in summaries if s.reference != "uniform"]
     if variants:
         header = ["method", "variant", "strategy", "strategy's", "variant's",
-                  f"variant − strategy ({pct} CI)", "seeds", "verdict"]  # fmt: skip
-        lines += ["", *markdown_table(header, comparison_rows(variants, with_reference=True))]
+                  f"variant − strategy ({pct} CI)", *tests]  # fmt: skip
+        lines += [
+            "",
+            family_note(variants, confidence),
+            "",
+            *markdown_table(header, comparison_rows(variants, with_reference=True)),
+        ]
     if floor is not None:
         lines += ["", f"Floor, raw pixels with the same protocol: {floor * 100:.1f}."]
     return "\n".join(lines)
+
+
+def family_note(family: Sequence[MethodSummary], confidence: float) -> str:
+    tested = sum(s.holm_p is not None for s in family)
+    return (
+        f"Verdicts at a family-wise error rate of {1 - confidence:.0%} over this table's {tested} "
+        "comparisons (Holm–Bonferroni on the paired t-tests' p-values, column Holm p); each "
+        f"row's interval is its own {confidence:.0%} interval, not a simultaneous one."
+    )
 
 
 def seed_interval(records, method, arm, metric, confidence) -> MeanCI | None:
@@ -459,7 +531,18 @@ def training_table(records: Sequence[RunRecord], confidence: float = 0.95) -> st
             rows.append([method, arm, *cells])
     header = ["method", "arm", *(name[len(TRAINING_PREFIX) :] for name in names)]
     title = f"**Training scalars, last epoch** (mean ± {confidence:.0%} CI over seeds)"
-    return "\n".join([title, "", *markdown_table(header, rows)])
+    notes = []
+    if TRAINING_PREFIX + "false_negative_share" in names:
+        notes = ["", FALSE_NEGATIVE_NOTE]
+    return "\n".join([title, "", *markdown_table(header, rows), *notes])
+
+
+FALSE_NEGATIVE_NOTE = (
+    "`false_negative_share`: the share of the negatives used that have the anchor's class, one "
+    "count per negative (a ring member drawn twice counts twice). For MoCHi it counts the real "
+    "negatives only: its synthetic mixes have no class, so the share says nothing about them "
+    "(`negatives_per_anchor` does include them)."
+)
 
 
 def failures_section(summaries: Sequence[MethodSummary]) -> str:
@@ -524,7 +607,7 @@ def write_report(
         sections.append(metric_table(summaries, label, floor.get(key)) + "\n")
         if key == METRICS[0][0]:
             headline = {
-                f"{s.method} {s.arm} vs {s.reference}": verdict(s.difference, s.arm)
+                f"{s.method} {s.arm} vs {s.reference}": verdict(s.difference, s.arm, s.holm_p)
                 for s in summaries
             }
             sections.append(failures_section(summaries) + "\n")
@@ -615,6 +698,7 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
     from pretrain.trainer import load_pretrain_config
 
     plan = study_plan(args)
+    reused = load_reused_records(getattr(args, "reuse_records", None))
     check_methods_fit_dataset(plan["methods"], plan["dataset"])
     eval_options(plan["eval"])  # a typo in --eval fails now, not after hours of training
     configs = config_pairs(args.config_dir, plan["dataset"], plan["methods"], plan["arms"])
@@ -639,7 +723,7 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
         log,
     )
     if args.report_only:
-        records = [finished_record(s) or not_run_record(s) for s in specs]
+        records = [finished_record(s, reused) or not_run_record(s) for s in specs]
     elif args.cluster:
         from launcher.executors import Resources
 
@@ -651,9 +735,12 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
             partition=args.partition,
             array_parallelism=args.array_parallelism,
         )
-        records = execute_array(specs, plan["eval"], args.cluster, output / "logs", resources, log)
+        records = execute_array(
+            specs, plan["eval"], args.cluster, output / "logs", resources, log, reused
+        )
     else:
-        records = execute_runs(specs, lambda spec: pretrain_and_evaluate(spec, plan["eval"]), log)
+        run_one = lambda spec: pretrain_and_evaluate(spec, plan["eval"])  # noqa: E731
+        records = execute_runs(specs, run_one, log, reused)
     minutes = (time.time() - started) / 60
     timing = (
         "This report was written with --report-only from the runs finished so far."
@@ -661,6 +748,14 @@ def run_study_from_args(args, command: str, started: float, log=print) -> dict:
         else f"Wall time of this invocation: {minutes:.1f} min."
     )
     description = describe(plan, args, specs, data_label(first.data)) + "\n\n" + timing
+    reused_here = sum(finished_record(s, reused) is not None and not eval_path(s).is_file()
+                      for s in specs)  # fmt: skip
+    if reused_here:
+        description += (
+            f"\n\n{reused_here} of the {len(specs)} runs are records reused from "
+            f"`{shown_path(args.reuse_records)}` (--reuse-records: earlier runs whose code path "
+            "is unchanged; their folders are not kept)."
+        )
     report_dir = Path(args.report_dir) if args.report_dir else output / "report"
     headline = write_report(records, floor, report_dir, command, description)
     log(f"wrote {report_dir / 'results.md'} and {report_dir / 'results.png'}")

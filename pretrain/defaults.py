@@ -19,7 +19,9 @@ DEFAULTS = {
         "within_ring": False,  # dcl/hcl: weigh ring draws instead of the uniform negatives
         "upper": 0.1,  # ring: ranks [lower_ratio*upper, upper) of the whole pool (0 = nearest)
         "lower_ratio": 0.1,
-        "num_negatives": None,  # ring draws per anchor: null = as many as uniform | int | ring
+        # negatives from the ring: null = the authors' (bank: as many draws as uniform; queue or
+        # batch: every member once) | equal (as many draws as uniform) | ring (once) | int draws
+        "num_negatives": None,
         "replacement": True,  # ring draws with replacement (the original)
         "schedule": "constant",  # constant (shipped original) | linear | cosine | step, of upper
         "start": 1.0,  # upper at epoch 0 for linear/cosine/step

@@ -40,8 +40,12 @@ def hard_debiased_nce(positive, negatives, tau_plus, beta, temperature):
     Negatives are reweighted towards the hard ones by ``w_j = e^{beta n_j} / mean_k e^{beta n_k}``
     (the von Mises-Fisher tilt ``q_beta`` of the paper), then debiased as DCL:
     ``M Ng = max((sum_j w_j e^{n_j} - tau_plus M e^p) / (1 - tau_plus), M e^{-1/t})``.
-    As in the paper's estimator the weights are a function of the embeddings (gradients flow
-    through them). ``beta = 0`` gives DCL; ``beta = tau_plus = 0`` gives InfoNCE.
+    ``n_j = s_j / t`` is the logit, so beta multiplies s/t, as in the official code (weights
+    ``exp(beta * s / t)``): the tilt on the cosine is beta / t, and a given beta means a
+    different tilt at each temperature (the paper's CIFAR setting, beta 1 at t 0.5, is a
+    cosine tilt of 2; beta 1 at t 0.2 is 5). As in the paper's estimator the weights are a
+    function of the embeddings (gradients flow through them). ``beta = 0`` gives DCL;
+    ``beta = tau_plus = 0`` gives InfoNCE.
     """
     count = negatives.shape[1]
     log_sum = (

@@ -39,6 +39,10 @@ class DensePool:
     P columns are. ``embeddings``: (P, d) candidates; ``ids``: (P,) dataset ids (-1: unknown).
     """
 
+    # the uniform arm uses every candidate once, and so does the authors' ring over such a pool
+    # (their MoCoRing and SimCLRRing: all of the ring, no redraw)
+    draws_negatives = False
+
     def __init__(self, similarity, embeddings, ids, negative_index=None):
         self.similarity = similarity
         self.embeddings = embeddings
@@ -72,9 +76,10 @@ class DensePool:
             return similarity
         return similarity.gather(1, self.negative_index)
 
-    def ring_members(self, start, stop, max_bytes):
-        """(B, stop - start) pool columns of the ranks ``[start, stop)``, in column order."""
-        positions = rank_slice(self.negative_similarity(), start, stop)
+    def ring_members(self, start, stop, max_bytes, by_column=True):
+        """(B, stop - start) pool columns of the ranks ``[start, stop)`` (in column order when
+        ``by_column``)."""
+        positions = rank_slice(self.negative_similarity(), start, stop, by_column)
         if self.negative_index is None:
             return positions
         return self.negative_index.gather(1, positions)
@@ -103,6 +108,10 @@ class BankPool:
     from the other N - 1 (IR's and CMC's estimator); ``drawn`` fixes them (CMC's two terms use
     the same images, as the original)."""
 
+    # the uniform arm draws from the bank, and so does the authors' ring over it (their NCERing:
+    # k - 1 draws from the ring, uniformly with replacement)
+    draws_negatives = True
+
     def __init__(self, anchor, memory, own, draw_count, drawn=None):
         self.anchor = anchor
         self.memory = memory
@@ -129,9 +138,9 @@ class BankPool:
         )
         return drawn + (drawn >= self.own.unsqueeze(1)).long()  # skip the anchor's own entry
 
-    def ring_members(self, start, stop, max_bytes):
+    def ring_members(self, start, stop, max_bytes, by_column=True):
         """(B, stop - start) bank rows of the ranks ``[start, stop)`` of each anchor's N - 1
-        others, in row order, ranked chunk by chunk within ``max_bytes``."""
+        others (in row order when ``by_column``), ranked chunk by chunk within ``max_bytes``."""
         bytes_per_row = self.memory.shape[0] * 4 + stop * 12
         rows = max(1, int(max_bytes // bytes_per_row))
         anchor = self.anchor.detach()
@@ -140,7 +149,7 @@ class BankPool:
             chunk = slice(first, first + rows)
             similarity = anchor[chunk].float() @ self.memory.float().T
             similarity.scatter_(1, self.own[chunk].unsqueeze(1), float("-inf"))
-            members.append(rank_slice(similarity, start, stop))
+            members.append(rank_slice(similarity, start, stop, by_column))
             del similarity
         return torch.cat(members)
 
@@ -157,13 +166,16 @@ class BankPool:
         return columns.columns() if isinstance(columns, RingDraws) else columns
 
 
-def rank_slice(similarity, start, stop):
-    """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``, sorted
-    by column so that a draw of positions names the same member whatever topk's order.
+def rank_slice(similarity, start, stop, by_column=True):
+    """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``.
 
     One unsorted top-``stop`` per row and a smaller selection inside it: never a full sort.
     Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
+    ``by_column``: listed by column, so that a draw of positions names the same member whatever
+    topk's order (the ring used once needs no order: its loss is a sum, and skipping the sort
+    saves a B x R sort per step).
     """
     top = similarity.topk(stop, dim=1, sorted=False)
     inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
-    return top.indices.gather(1, inner).sort(dim=1).values
+    columns = top.indices.gather(1, inner)
+    return columns.sort(dim=1).values if by_column else columns

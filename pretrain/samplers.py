@@ -3,13 +3,18 @@
 - ``uniform``: the method's usual negatives (IR/CMC: K bank draws; MoCo: the queue; SimCLR: the
   2B-2 other views) with InfoNCE.
 - ``ring`` (Wu et al., ICLR 2021): rank each anchor's whole pool (bank without its own entry,
-  queue, or in-batch negatives), keep the ranks ``[lower, upper)`` of it (``lower =
-  lower_ratio * upper``), and draw as many negatives from that ring, uniformly with replacement,
-  as the uniform arm has (``num_negatives: null``): both arms see the same number per anchor.
-  This is the authors' IR estimator (``NCERing``); their ``MoCoRing`` used the ring once without
-  redrawing, which ``num_negatives: ring`` gives.
+  queue, or in-batch negatives) and keep the ranks ``[lower, upper)`` of it (``lower =
+  lower_ratio * upper``). How many negatives come from that ring is ``num_negatives``:
+  ``null`` (the default) is the authors' estimator, which treats the ring as the method treats
+  its usual pool: a bank's ring is drawn from, as many draws (uniform, with replacement) as the
+  uniform arm has (their ``NCERing``, IR/CMC); a queue's or a batch's ring is used whole, each
+  member once (their ``MoCoRing``, ``SimCLRRing``). ``equal`` draws as many as the uniform arm
+  has for every method (the equal-count control: MoCo/SimCLR then see each ring member about
+  1 / (upper (1 - lower_ratio)) times); ``ring`` uses the ring once for every method; an integer
+  draws that many.
 - ``dcl`` (Chuang et al. 2020) and ``hcl`` (Robinson et al. 2021): debiased and hardness-
-  weighted estimators over the uniform negatives, or over ring draws with ``within_ring: true``.
+  weighted estimators over the uniform negatives, or over the ring with ``within_ring: true``
+  (taken as ``num_negatives`` says).
 - ``mochi`` (Kalantidis et al. 2020): the uniform negatives plus synthetic mixes of the hardest.
   Not combined with the ring: both pick by the same similarity rank, and "mix ranks [lower,
   lower + N)" would be an estimator neither paper defines.
@@ -32,6 +37,7 @@ from pretrain.schedules import RING_SCHEDULES, ring_upper_at
 
 SAMPLERS = ("uniform", "ring", "dcl", "hcl", "mochi")
 RING_COMBINABLE = ("dcl", "hcl")
+RING_COUNTS = ("equal", "ring")  # besides null (the authors') and an integer
 MIB = 2**20
 # r/P < upper is tested as r < ceil(upper*P); the slack absorbs float error in upper*P
 # (0.1 * 30 = 3.0000000000000004 must give 3, not 4).
@@ -119,10 +125,11 @@ class NegativeSampler:
                 f"{', '.join(RING_SCHEDULES)}"
             )
         count = self.num_negatives
-        if not (count is None or count == "ring" or (isinstance(count, int) and count >= 1)):
+        is_count = isinstance(count, int) and not isinstance(count, bool) and count >= 1
+        if not (count is None or count in RING_COUNTS or is_count):
             raise PretrainError(
-                f"sampler.num_negatives must be null (as many as uniform), 'ring' or an integer "
-                f">= 1, got {count!r}"
+                f"sampler.num_negatives must be null (the authors' estimator), 'equal' (as many "
+                f"draws as uniform), 'ring' (each member once) or an integer >= 1, got {count!r}"
             )
         if not 0.0 <= self.tau_plus < 1.0:
             raise PretrainError(f"sampler.tau_plus must be in [0, 1), got {self.tau_plus}")
@@ -177,18 +184,38 @@ class NegativeSampler:
                 f"anchor ({what}); use at most {usual_count}"
             )
 
+    def ring_draws(self, pool):
+        """How many negatives each anchor draws from its ring in ``pool``; None: the ring is
+        used once, every member, no draws."""
+        count = self.num_negatives
+        if count is None:  # the authors': as the pool's usual negatives (see the module doc)
+            return pool.usual_count if pool.draws_negatives else None
+        if count == "ring":
+            return None
+        return pool.usual_count if count == "equal" else count
+
+    def covers_whole_pool(self, pool):
+        """True when the ring is the whole pool taken as the uniform arm takes it (all of it
+        once, or as many draws with replacement): uniform's negatives, without ranking."""
+        if self.lower > 0.0 or self.upper < 1.0:
+            return False
+        draws = self.ring_draws(pool)
+        if not pool.draws_negatives:
+            return draws is None
+        return draws == pool.usual_count and self.replacement
+
     def choose(self, pool):
         """Each anchor's negatives in ``pool``: None (all columns), columns, or ``RingDraws``."""
-        whole_pool = self.lower <= 0.0 and self.upper >= 1.0 and self.num_negatives is None
-        if not self.uses_ring or whole_pool:
+        if not self.uses_ring or self.covers_whole_pool(pool):
             return pool.usual_columns(self.generator)
         start, stop = ring_rank_range(pool.size, self.lower, self.upper)
         if stop <= start:
             self.check_pool(pool.size, "candidates")
-        members = pool.ring_members(start, stop, self.rank_chunk_bytes)
-        if self.num_negatives == "ring":
+        count = self.ring_draws(pool)
+        # draws need the members in a fixed (column) order; the ring used once is a sum
+        members = pool.ring_members(start, stop, self.rank_chunk_bytes, count is not None)
+        if count is None:
             return members
-        count = self.num_negatives or pool.usual_count
         if not self.replacement and count > members.shape[1]:
             raise PretrainError(
                 f"drawing {count} negatives without replacement from a ring of "

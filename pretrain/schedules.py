@@ -27,10 +27,11 @@ def lr_factor(step, total_steps, warmup_steps, schedule, milestone_steps=(), gam
 def ring_upper_at(epoch, schedule, start, target, anneal_epochs, step_epochs=None):
     """The ring's ``upper`` at ``epoch`` (float).
 
-    ``linear``/``cosine`` go from ``start`` (1.0: all candidates) down to ``target`` over
-    ``anneal_epochs`` then stay; ``step`` holds ``start`` until ``anneal_epochs`` then drops to
-    ``target``, or, with a list ``step_epochs``, drops geometrically at each listed epoch so
-    that it reaches ``target`` at the last one; ``constant`` is ``target`` throughout.
+    ``linear``/``cosine`` go from ``start`` (1.0: ranks [lower_ratio, 1), not uniform) down to
+    ``target`` over ``anneal_epochs`` then stay; ``step`` holds ``start`` until
+    ``anneal_epochs`` then drops to ``target``, or, with a list ``step_epochs``, drops
+    geometrically at each listed epoch so that it reaches ``target`` at the last one;
+    ``constant`` is ``target`` throughout.
     """
     if schedule not in RING_SCHEDULES:
         raise PretrainError(

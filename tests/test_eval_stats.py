@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 from scipy import stats as scipy_stats
@@ -6,6 +7,7 @@ from scipy import stats as scipy_stats
 from launcher.stats import (
     MeanCI,
     StatsError,
+    holm_adjusted,
     mean_confidence_interval,
     paired_difference_ci,
     t_quantile,
@@ -88,3 +90,54 @@ def test_format_and_zero_exclusion():
     assert MeanCI(0.02, 0.01, 3, 0.95).excludes_zero()
     assert not MeanCI(0.02, 0.03, 3, 0.95).excludes_zero()
     assert MeanCI(-0.02, 0.01, 3, 0.95).excludes_zero()
+
+
+def test_p_value_agrees_with_scipy_one_sample_t_test():
+    differences = [0.012, -0.003, 0.02, 0.007]
+    ci = mean_confidence_interval(differences)
+    assert ci.p_value == pytest.approx(scipy_stats.ttest_1samp(differences, 0.0).pvalue, rel=1e-9)
+    assert mean_confidence_interval([0.5]).p_value is None
+    assert mean_confidence_interval([0.25, 0.25, 0.25]).p_value == 0.0  # no spread, not zero
+    assert mean_confidence_interval([0.0, 0.0]).p_value == 1.0
+
+
+def holm_rejections_by_definition(p_values, alpha):
+    """Holm (1979), step-down as defined: order p_(1) <= ... <= p_(m); find the first k with
+    p_(k) > alpha / (m + 1 - k); reject the hypotheses of p_(1) .. p_(k-1)."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    rejected = set()
+    for k, index in enumerate(order, start=1):
+        if p_values[index] > alpha / (m + 1 - k):
+            break
+        rejected.add(index)
+    return rejected
+
+
+def test_holm_on_a_hand_computed_family():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> max(0.06, 0.04)
+    adjusted = holm_adjusted([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert {i for i, p in enumerate(adjusted) if p <= 0.05} == {0, 3}
+    assert holm_adjusted([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm_adjusted([]) == []
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1])
+def test_holm_rejects_what_the_step_down_definition_rejects(alpha):
+    generator = random.Random(7)
+    for _ in range(300):
+        m = generator.randint(1, 20)
+        p_values = [
+            generator.choice([generator.random() * 0.2, generator.random()]) for _ in range(m)
+        ]
+        p_values[generator.randrange(m)] = p_values[0]  # a tie now and then
+        adjusted = holm_adjusted(p_values)
+        got = {i for i, p in enumerate(adjusted) if p <= alpha}
+        assert got == holm_rejections_by_definition(p_values, alpha), p_values
+        assert all(a >= p for a, p in zip(adjusted, p_values))
+
+
+def test_holm_refuses_values_that_are_not_probabilities():
+    with pytest.raises(StatsError, match=r"p-values must lie in \[0, 1\]"):
+        holm_adjusted([0.2, 1.5])

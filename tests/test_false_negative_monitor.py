@@ -1,12 +1,15 @@
 """The false-negative monitor: exact shares on a known case, and labels never reach training."""
 
 import copy
+import math
 
 import pytest
 import torch
 
 import pretrain.trainer as trainer
 from pretrain.monitor import FalseNegativeMonitor
+from pretrain.pools import BankPool, DensePool
+from pretrain.samplers import NegativeSampler
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -60,3 +63,71 @@ def test_training_never_sees_the_labels(method, tiny_config, tmp_path, monkeypat
     for name, tensor in weights[0].items():
         if name != "queue_ids":
             assert torch.equal(tensor, weights[1][name]), name
+
+
+def ring_members_by_argsort(similarity, start, stop):
+    order = similarity.argsort(dim=1, descending=True, stable=True)
+    return order[:, start:stop].sort(dim=1).values
+
+
+@pytest.mark.parametrize("kind", ["dense", "bank"])
+def test_the_share_counts_one_id_per_ring_draw(kind):
+    """Through the real pools and the sampler: a ring member drawn three times counts three
+    times, as it weighs three times in the loss (not once per distinct member)."""
+    torch.manual_seed(14)
+    labels = torch.randint(3, (60,))
+    anchors = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    candidates = torch.nn.functional.normalize(torch.randn(60, 8), dim=1)
+    own = torch.tensor([5, 17, 33, 59])
+    similarity = anchors @ candidates.T
+    if kind == "dense":
+        pool = DensePool(similarity, candidates, torch.arange(60))
+    else:
+        pool = BankPool(anchors, candidates, own, draw_count=50)
+        similarity = similarity.scatter(1, own.unsqueeze(1), float("-inf"))
+    sampler = NegativeSampler(
+        "ring", upper=0.5, num_negatives=50, generator=torch.Generator().manual_seed(3)
+    )
+    _, record = sampler.contrast(anchors, torch.ones(4), pool, 0.1)
+    monitor = FalseNegativeMonitor(labels)
+    monitor.update([{**record, "anchor_ids": own}])
+    share = monitor.epoch_stats()["false_negative_share"]
+    size = similarity.shape[1] - (kind == "bank")
+    members = ring_members_by_argsort(similarity, math.ceil(0.05 * size), math.ceil(0.5 * size))
+    positions = torch.randint(members.shape[1], (4, 50), generator=torch.Generator().manual_seed(3))
+    drawn = members.gather(1, positions)
+    same = labels[drawn] == labels[own].unsqueeze(1)
+    assert share == pytest.approx(same.double().mean().item())
+    distinct = labels[members] == labels[own].unsqueeze(1)
+    assert share != pytest.approx(distinct.double().mean().item())  # the test can tell them apart
+    assert record["ids"]().shape == (4, 50) and record["count"] == 50
+
+
+def test_the_ring_used_once_counts_each_member_once():
+    torch.manual_seed(15)
+    labels = torch.randint(3, (60,))
+    anchors = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    candidates = torch.nn.functional.normalize(torch.randn(60, 8), dim=1)
+    pool = DensePool(anchors @ candidates.T, candidates, torch.arange(60))
+    _, record = NegativeSampler("ring", upper=0.5).contrast(anchors, torch.ones(4), pool, 0.1)
+    monitor = FalseNegativeMonitor(labels)
+    anchor_ids = torch.tensor([1, 2, 3, 4])
+    monitor.update([{**record, "anchor_ids": anchor_ids}])
+    members = ring_members_by_argsort(anchors @ candidates.T, 3, 30)
+    same = labels[members] == labels[anchor_ids].unsqueeze(1)
+    assert monitor.epoch_stats()["false_negative_share"] == pytest.approx(same.double().mean())
+    assert record["count"] == 27
+
+
+def test_shares_accumulate_over_steps_and_need_a_known_negative():
+    labels = torch.tensor([0, 1, -1])
+    monitor = FalseNegativeMonitor(labels)
+    for ids in ([[0, 2]], [[1, 2]]):  # one known negative per step: same class, then not
+        monitor.update(
+            [{"anchor_ids": torch.tensor([0]), "ids": lambda ids=ids: torch.tensor(ids)}]
+        )
+    assert monitor.epoch_stats() == {"false_negative_share": 0.5}
+    monitor.update([{"anchor_ids": torch.tensor([0]), "ids": lambda: torch.tensor([[2, -1]])}])
+    assert monitor.epoch_stats() == {}  # nothing known: no share rather than 0/0
+    monitor.update([{"anchor_ids": torch.tensor([1]), "ids": lambda: torch.tensor([[1, 2]])}])
+    assert monitor.epoch_stats() == {"false_negative_share": 1.0}  # one known negative

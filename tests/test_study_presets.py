@@ -26,7 +26,10 @@ def test_the_committed_study_is_the_cpu_budget_with_every_strategy():
     cpu, strategies = load_preset("cpu"), load_preset("fmnist_strategies")
     assert strategies["overrides"] == cpu["overrides"] and strategies["eval"] == cpu["eval"]
     assert "optim.epochs=2" in cpu["overrides"]
-    assert strategies["arms"] == ["uniform", "ring", "ring-anneal", "dcl", "hcl", "mochi"]
+    assert strategies["arms"] == [
+        "uniform", "ring", "moco:ring-equal", "simclr:ring-equal", "ring-anneal", "dcl", "hcl",
+        "mochi",
+    ]  # fmt: skip
 
 
 def test_unknown_preset_names_the_nearest_and_the_choices():

@@ -58,6 +58,12 @@ def parse_args(argv):
         action="store_true",
         help="train nothing: report the finished runs, list the others as not run",
     )
+    parser.add_argument(
+        "--reuse-records",
+        metavar="RECORDS.json",
+        help="an earlier report's records.json: its runs count as finished where this study's "
+        "folder has none (only for runs whose code path is unchanged)",
+    )
     parser.add_argument("--partition")
     parser.add_argument("--gpus-per-node", type=int, default=0)
     parser.add_argument("--cpus-per-task", type=int, default=4)

@@ -1,0 +1,129 @@
+"""The methods' own pieces the estimator tests do not reach: config checks at their boundaries,
+heads, banks and queues as built, the pools they report, encoder names, and the dataset ids they
+hand the false-negative monitor. (Written against survivors of `make mutation`.)"""
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.errors import PretrainError
+from pretrain.methods import METHODS, build_method, method_class
+from pretrain.methods.base import MemoryBank, projection_head
+from pretrain.monitor import FalseNegativeMonitor
+from pretrain.samplers import NegativeSampler
+from pretrain.trainer import as_config
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.mark.parametrize(
+    "name, key, value, message",
+    [
+        ("ir", "ir.num_negatives", 0, "ir.num_negatives must be >= 1"),
+        ("cmc", "cmc.num_negatives", 0, "cmc.num_negatives must be >= 1"),
+        ("moco", "moco.queue_size", 0, "moco.queue_size must be >= 1"),
+        ("simclr", "optim.batch_size", 1, "simclr needs optim.batch_size >= 2 for in-batch"),
+    ],
+)
+def test_config_checks_refuse_below_the_bound_and_accept_it(name, key, value, message, tiny_config):
+    section, field = key.split(".")
+    for bad, ok in ((value, value + 1),):
+        tiny_config[section] = {**tiny_config.get(section, {}), field: bad}
+        with pytest.raises(PretrainError, match=f"^{message}"):
+            METHODS[name].check_config(as_config(tiny_config), 64)
+        tiny_config[section][field] = ok
+        METHODS[name].check_config(as_config(tiny_config), 64)  # the bound itself is valid
+
+
+def test_unknown_method_and_colour_needs_are_one_line_errors(tiny_config):
+    with pytest.raises(PretrainError, match="unknown method 'mocco'; choose one of ir, cmc, moco"):
+        method_class("mocco")
+    config = as_config({**tiny_config, "method": "cmc"})
+    with pytest.raises(PretrainError, match=r"needs colour input .* or method ir/moco/simclr$"):
+        build_method(config, 40, source_channels=1, dataset_name="fashion_mnist")
+    assert build_method(config, 40, source_channels=3, dataset_name="cifar10").needs_colour
+    ir = as_config({**tiny_config, "method": "ir"})
+    assert not build_method(ir, 40, source_channels=1, dataset_name="fashion_mnist").needs_colour
+
+
+def test_heads_are_the_linear_or_mlp_of_their_papers():
+    linear = projection_head(8, 4, "linear")
+    assert isinstance(linear, nn.Linear) and linear.weight.shape == (4, 8)
+    mlp = projection_head(8, 4, hidden_dim=6)  # mlp is the default
+    assert [type(m) for m in mlp] == [nn.Linear, nn.ReLU, nn.Linear]
+    assert mlp[0].weight.shape == (6, 8) and mlp[2].weight.shape == (4, 6)
+    assert projection_head(8, 4)[0].weight.shape == (8, 8)  # hidden width: the input's
+    with pytest.raises(PretrainError, match="unknown model.head 'conv'; choose one of linear, mlp"):
+        projection_head(8, 4, "conv")
+
+
+HEADS = {"ir": ["head"], "cmc": ["head_l", "head_ab"], "moco": ["head_q", "head_k"],
+         "simclr": ["head"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_model_hidden_dim_reaches_every_head(name, tiny_config):
+    model = {**tiny_config["model"], "head": "mlp", "hidden_dim": 12}
+    method = METHODS[name](as_config({**tiny_config, "method": name, "model": model}), 40)
+    for head in HEADS[name]:
+        assert getattr(method, head)[0].out_features == 12, head
+
+
+def test_banks_and_queues_start_as_unit_rows_with_unknown_ids(tiny_config):
+    bank = MemoryBank(30, 8)
+    assert bank.momentum == 0.5  # lemniscate's default
+    torch.testing.assert_close(bank.memory.norm(dim=1), torch.ones(30))
+    moco = METHODS["moco"](as_config({**tiny_config, "method": "moco"}), 40)
+    torch.testing.assert_close(moco.queue.norm(dim=1), torch.ones(64))
+    assert moco.queue_ptr.dtype == torch.long and int(moco.queue_ptr) == 0
+    assert moco.queue_ids.dtype == torch.long and (moco.queue_ids == -1).all()
+
+
+@pytest.mark.parametrize(
+    "name, encoders, pool",
+    [
+        ("ir", ["encoder"], (39, "other bank entries", 32)),
+        ("cmc", ["l", "ab"], (39, "other bank entries", 32)),
+        ("moco", ["query", "key"], (64, "queue entries", 64)),
+        ("simclr", ["encoder"], (30, "in-batch negatives of optim.batch_size", 30)),
+    ],
+)
+def test_encoder_names_and_negative_pools(name, encoders, pool, tiny_config):
+    method = METHODS[name](as_config({**tiny_config, "method": name}), 40)
+    assert list(method.encoders()) == encoders
+    assert method.negative_pool() == pool
+
+
+def test_cmc_features_are_both_views_concatenated(tiny_config):
+    torch.manual_seed(0)
+    method = METHODS["cmc"](as_config({**tiny_config, "method": "cmc"}), 40).eval()
+    lab = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        expected = torch.cat([method.l(lab[:, :1]), method.ab(lab[:, 1:])], dim=1)
+        torch.testing.assert_close(method.features(lab), expected)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_the_monitor_reads_each_anchor_against_its_own_negatives(name, tiny_config):
+    """Through each method's forward and its uniform pool: the ids it hands the monitor are the
+    anchors' dataset indices and their negatives', so labels equal to the dataset index give a
+    false-negative share of 0 and labels all equal give 1 (ids the method does not know, MoCo's
+    initial queue, count as unknown)."""
+    torch.manual_seed(1)
+    method = METHODS[name](as_config({**tiny_config, "method": name}), 40)
+    shape = (8, 3, 16, 16)
+    views = [torch.rand(*shape) for _ in range(method.num_views)]
+    indices = torch.arange(8) + 30
+    if name == "moco":  # a queue of known images, none of them an anchor
+        method.queue_ids.copy_(torch.arange(64) % 30)
+    _, stats = method(views, indices, NegativeSampler("uniform"))
+    ids = stats["monitor"][0]["ids"]()
+    assert ids.shape == (len(stats["monitor"][0]["anchor_ids"]), stats["negatives_per_anchor"])
+    shares = []
+    for labels in (torch.arange(40), torch.zeros(40, dtype=torch.long)):
+        monitor = FalseNegativeMonitor(labels)
+        monitor.update(stats["monitor"])
+        shares.append(monitor.epoch_stats()["false_negative_share"])
+    assert shares == [0.0, 1.0]
+    expected = {"ir": 32, "cmc": 32, "moco": 64, "simclr": 14}[name]
+    assert stats["negatives_per_anchor"] == expected
