@@ -1,7 +1,7 @@
 """Our MoCo v2 training step against lightly's, interleaved in one run.
 
-    python -m benchmarks.peer_moco [--preset cpu|gpu|smoke] [--cases resnet18-narrow,resnet50]
-        [--steps N] [--rounds N] [--threads N] [--json OUT.json]
+    python -m benchmarks.peer_moco [--preset cpu|gpu|smoke] [--device cpu|cuda]
+        [--cases resnet18-narrow,resnet50] [--steps N] [--rounds N] [--threads N] [--json OUT]
 
 ``ours`` is ``pretrain.trainer.train_step`` on the project's MoCo v2 method (uniform negatives,
 one shuffle-BN group, as lightly's), its SGD and schedule. ``lightly`` is lightly's documented
@@ -234,12 +234,14 @@ def parse_args(argv):
     parser.add_argument("--cases", default=",".join(CASES), help="comma list of cases")
     parser.add_argument("--steps", type=int, help="timed steps per segment")
     parser.add_argument("--rounds", type=int)
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: the preset's")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     args.steps = preset["steps"] if args.steps is None else args.steps
     args.rounds = preset["rounds"] if args.rounds is None else args.rounds
+    args.device = args.device or preset["device"]
     args.cases = args.cases.split(",")
     for case in args.cases:
         if case not in CASES:
@@ -248,8 +250,8 @@ def parse_args(argv):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise PretrainError(f"--{option} must be >= 1")
-    if preset["device"] == "cuda" and not torch.cuda.is_available():
-        raise PretrainError("--preset gpu needs a CUDA GPU; use --preset cpu")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise PretrainError("no CUDA GPU is visible for --preset gpu / --device cuda; use cpu")
     return args
 
 
@@ -260,7 +262,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
-    device = torch.device(preset["device"])
+    device = torch.device(args.device)
     facts = machine_facts()
     rows = []
     for name in args.cases:

@@ -92,6 +92,8 @@ def test_empty_jpeg_folder_is_refused(tmp_path, capsys):
 def test_gpu_preset_without_gpu_is_refused(capsys):
     assert load_script("train_throughput").main(["--preset", "gpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert load_script("peer_moco").main(["--preset", "smoke", "--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_strategy_cost_smoke_times_every_strategy(tmp_path):
