@@ -4,8 +4,12 @@ fixtures, with imperfect predictions so the AP is not trivially 100 or 0; Detect
 image subsets and detection limits alike; bad input refused in one line. The benchmark's small
 run checks the same at 50 images x 20 detections for every task."""
 
+import contextlib
+import copy
+import io
 import json
 
+import faster_coco_eval
 import numpy as np
 import pycocotools.coco as pycocotools_coco
 import pycocotools.cocoeval as pycocotools_eval
@@ -180,6 +184,67 @@ def test_class_outside_the_dataset_is_one_line_error(tmp_path):
     outputs["instances"].pred_classes[:] = 3  # the dataset has one class (0)
     evaluator.process([{"image_id": record["image_id"]}], [outputs])
     with pytest.raises(TransferError, match="MODEL.ROI_HEADS.NUM_CLASSES must match"):
+        evaluator.evaluate()
+
+
+def keypoint_set(rng, num_images=6, keypoints=17):
+    """Truths with every keypoint, 11, 3 or none labelled (integer pixels, as COCO's); 40 float
+    detections per image (past keypoint evaluation's 20: the cut by score matters). Sums of 8
+    or more terms are where numpy's order can differ in the last bit."""
+    images, truths, detections = [], [], []
+    for image_id in range(1, num_images + 1):
+        images.append({"id": image_id, "width": 200, "height": 150})
+        for labelled in (keypoints, 11, 3, 0):
+            x, y = rng.integers(0, 100, 2)
+            points = np.stack(
+                [x + rng.integers(0, 60, keypoints), y + rng.integers(0, 60, keypoints),
+                 np.where(np.arange(keypoints) < labelled, 2, 0)], 1
+            )  # fmt: skip
+            truths.append(
+                {"id": len(truths) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                 "bbox": [float(x), float(y), 60.0, 60.0], "area": float(rng.uniform(900, 3600)),
+                 "keypoints": points.ravel().tolist(), "num_keypoints": labelled}
+            )  # fmt: skip
+            for _ in range(10):
+                moved = points[:, :2] + rng.normal(0, rng.uniform(1, 30), (keypoints, 2))
+                found = np.concatenate([moved, np.ones((keypoints, 1))], 1).ravel().tolist()
+                detections.append(
+                    {"image_id": image_id, "category_id": 1, "keypoints": found,
+                     "score": float(rng.random())}
+                )  # fmt: skip
+    category = {"id": 1, "name": "thing", "keypoints": [f"k{i}" for i in range(keypoints)]}
+    return {"images": images, "annotations": truths, "categories": [category]}, detections
+
+
+def test_keypoint_similarity_is_pycocotools_bit_for_bit():
+    dataset, detections = keypoint_set(np.random.default_rng(0))
+    sigmas = np.linspace(0.025, 0.107, 17)  # a dataset's own (user_datasets), not COCO's
+    with contextlib.redirect_stdout(io.StringIO()):
+        truths = pycocotools_coco.COCO()
+        truths.dataset = copy.deepcopy(dataset)
+        truths.createIndex()
+        reference = pycocotools_eval.COCOeval(
+            truths, truths.loadRes(copy.deepcopy(detections)), "keypoints"
+        )
+        reference.params.kpt_oks_sigmas = sigmas
+        reference.evaluate()
+    ground_truth = faster_coco_eval.COCO(dataset)
+    ours = evaluation.FasterCOCOeval(
+        ground_truth, ground_truth.loadRes(detections), "keypoints", kpt_oks_sigmas=sigmas
+    )
+    ours.evaluate()
+
+    assert len(reference.ious) == 6 and all(len(oks) == 20 for oks in reference.ious.values())
+    for pair, oks in reference.ious.items():
+        assert np.array_equal(ours.ious[pair], oks), pair  # not one bit apart
+
+
+def test_predictions_for_an_image_outside_the_dataset_are_one_line_error(tmp_path):
+    evaluator = faster_evaluator(KEYPOINTS_COCO_VAL, ("bbox",), tmp_path)
+    evaluator.reset()
+    record = DatasetCatalog.get(KEYPOINTS_COCO_VAL)[0]
+    evaluator.process([{"image_id": 999}], [noisy_predictions(record, np.random.default_rng(0))])
+    with pytest.raises(TransferError, match="predictions for image id 999, which the dataset"):
         evaluator.evaluate()
 
 

@@ -3,14 +3,17 @@ from the predictions to the stats.
 
 Detectron2's own path, per task: a deep copy of every result (segm), pycocotools' ``loadRes`` and
 index in Python, then COCOeval (its fast ``COCOeval_opt`` needs the compiled ``detectron2._C``,
-which the pip-only install lacks, so pycocotools' Python COCOeval). Here each task gets fresh,
-shallow result dicts holding only what its COCOeval reads, loaded by faster-coco-eval's
-``COCO.loadRes`` and evaluated by its C++ COCOeval over the same ground-truth dicts. The stats are
-pycocotools' to 1e-6 on bbox, segm and keypoints (``tests/test_transfer_evaluation.py``); the
-speed is in ``benchmarks/coco_eval.py``. Everything else is Detectron2's: ``process``, the
-predictions file, the results file, the metric names and the per-category table.
+which the pip-only install lacks, so pycocotools' Python COCOeval). Here each task gets new
+result dicts holding only what its COCOeval reads, built in one pass as ``loadRes`` would build
+them, indexed by faster-coco-eval's COCO and evaluated by its C++ COCOeval over the same
+ground-truth dicts, with the keypoint similarity vectorised and the garbage collector paused.
+The stats are pycocotools' (to 1e-6 on bbox, segm and keypoints, the keypoint similarities bit
+for bit: ``tests/test_transfer_evaluation.py``); the speed is in ``benchmarks/coco_eval.py``.
+Everything else is Detectron2's: ``process``, the predictions file, the results file, the
+metric names and the per-category table.
 """
 
+import copy
 import gc
 import json
 import os
@@ -20,15 +23,13 @@ import numpy as np
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils.file_io import PathManager
 from faster_coco_eval import COCO, COCOeval_faster
+from faster_coco_eval.core import mask as mask_api
 
 from transfer.errors import TransferError
 
 RESULTS_FILE = "coco_instances_results.json"  # Detectron2's name, so its tools find the file
 
-# What each task's COCOeval reads from a result beyond image, category and score. segm drops the
-# box so that loadRes takes the area (small/medium/large) from the mask, as Detectron2 does;
-# keypoints keep it: loadRes then takes their area from the box, as it does for Detectron2.
-TASK_FIELDS = {"bbox": ("bbox",), "segm": ("segmentation",), "keypoints": ("bbox", "keypoints")}
+TASKS = ("bbox", "segm", "keypoints")
 
 
 @contextmanager
@@ -47,18 +48,107 @@ def collection_paused():
             gc.enable()
 
 
-def task_results(results, task):
-    """Fresh result dicts for one task (loadRes adds its keys to these, never to ``results``)."""
-    fields = [field for field in TASK_FIELDS[task] if field in results[0]]
-    return [
-        {
-            "image_id": result["image_id"],
-            "category_id": result["category_id"],
-            "score": result["score"],
-            **{field: result[field] for field in fields},
-        }
-        for result in results
-    ]
+def load_detections(ground_truth, results, task):
+    """One task's results as faster-coco-eval's COCO of detections: what its ``loadRes`` makes
+    of Detectron2's results (ids 1..n in order, ``iscrowd`` 0; a box gives the area; a mask
+    alone gives the area and the bounding box), in new dicts holding only what the task reads,
+    in one pass, the masks' areas and boxes in one call each (``loadRes`` makes two per mask).
+    As in Detectron2, segm is evaluated without the predicted boxes, so that its area ranges
+    (small/medium/large) are the masks'; bbox and keypoints take the area of the box.
+    """
+    unknown = {result["image_id"] for result in results} - set(ground_truth.getImgIds())
+    if unknown:
+        raise TransferError(
+            f"predictions for image id {min(unknown)}, which the dataset does not have: evaluate "
+            "a model's predictions on the dataset the evaluator was built for"
+        )
+    if task == "segm":
+        masks = [result["segmentation"] for result in results]
+        annotations = [
+            {"image_id": result["image_id"], "category_id": result["category_id"],
+             "score": result["score"], "segmentation": mask, "area": area, "bbox": box}
+            for result, mask, area, box in zip(results, masks, mask_api.area(masks),
+                                               mask_api.toBbox(masks))
+        ]  # fmt: skip
+    else:
+        annotations = [
+            {"image_id": result["image_id"], "category_id": result["category_id"],
+             "score": result["score"], "bbox": result["bbox"],
+             "area": result["bbox"][2] * result["bbox"][3]}
+            for result in results
+        ]  # fmt: skip
+    if task == "keypoints":
+        for annotation, result in zip(annotations, results):
+            annotation["keypoints"] = result["keypoints"]
+    for number, annotation in enumerate(annotations, 1):
+        annotation["id"], annotation["iscrowd"] = number, 0
+    detections = COCO()
+    detections.dataset = {
+        "info": copy.deepcopy(ground_truth.dataset.get("info", {})),
+        "images": list(ground_truth.dataset["images"]),
+        "categories": copy.deepcopy(ground_truth.dataset["categories"]),
+        "annotations": annotations,
+    }
+    detections.createIndex()
+    return detections
+
+
+class FasterCOCOeval(COCOeval_faster):
+    """faster-coco-eval's C++ COCOeval with the keypoint similarity vectorised: its own
+    ``computeOks`` sums each detection-truth pair in a Python loop, most of a keypoint
+    evaluation's time."""
+
+    def computeOks(self, imgId, catId):  # the COCOeval interface names it
+        return keypoint_similarity(self, imgId, catId)
+
+
+def keypoint_similarity(coco_eval, image_id, category_id):
+    """(detections x truths) object keypoint similarity of one image and category, bit for bit
+    pycocotools' ``computeOks`` (the COCO keypoint OKS), vectorised over detections and truths.
+
+    ``OKS = sum_i exp(-d_i^2 / (2 s^2 k_i^2)) / n`` over a truth's ``n`` labelled keypoints
+    (``v_i > 0``), with ``s^2`` its area and ``k_i = 2 sigma_i``; a truth with none labelled
+    measures each keypoint's distance to its box grown by the box's size on every side, over all
+    keypoints. Elementwise arithmetic in pycocotools' order; each sum over one C-contiguous row,
+    which numpy reduces as it reduces pycocotools' 1-D rows (summing across a strided or
+    Fortran-ordered array can differ in the last bit, and a last bit can move a match).
+    """
+    params = coco_eval.params
+    truths = coco_eval.gt_dataset.get(image_id, category_id)
+    detections = coco_eval.dt_dataset.get(image_id, category_id)
+    order = np.argsort([-d["score"] for d in detections], kind="mergesort")[: params.maxDets[-1]]
+    if len(truths) == 0 or len(order) == 0:
+        return []
+    found = np.array([detections[i]["keypoints"] for i in order], dtype=float)
+    found = found.reshape(len(order), 1, -1, 3)  # detections x 1 x keypoints
+    labelled = np.array([t["keypoints"] for t in truths], dtype=float).reshape(len(truths), -1, 3)
+    boxes = np.array([t["bbox"] for t in truths], dtype=float)[:, :, None]  # truths x 4 x 1
+    visible = labelled[:, :, 2] > 0
+    seen = visible.any(axis=1)  # truths with a labelled keypoint compare points
+    dx = np.where(
+        seen[:, None],
+        found[..., 0] - labelled[:, :, 0],
+        np.maximum(0, boxes[:, 0] - boxes[:, 2] - found[..., 0])
+        + np.maximum(0, found[..., 0] - (boxes[:, 0] + boxes[:, 2] * 2)),
+    )
+    dy = np.where(
+        seen[:, None],
+        found[..., 1] - labelled[:, :, 1],
+        np.maximum(0, boxes[:, 1] - boxes[:, 3] - found[..., 1])
+        + np.maximum(0, found[..., 1] - (boxes[:, 1] + boxes[:, 3] * 2)),
+    )
+    if coco_eval.use_area:
+        areas = np.array([t["area"] for t in truths], dtype=float)
+    else:  # CrowdPose-style truths without an area: faster-coco-eval's stand-in
+        areas = boxes[:, 3, 0] * boxes[:, 2, 0] * 0.53
+    variances = (params.kpt_oks_sigmas * 2) ** 2
+    similarity = np.exp(-((dx**2 + dy**2) / variances / (areas[:, None] + np.spacing(1)) / 2))
+    counted = np.where(seen[:, None], visible, True)
+    oks = np.empty((len(order), len(truths)))
+    for index, keypoints in enumerate(counted):
+        rows = np.ascontiguousarray(similarity[:, index, keypoints])
+        oks[:, index] = rows.sum(axis=1) / rows.shape[1]
+    return oks
 
 
 class FasterCOCOEvaluator(COCOEvaluator):
@@ -84,9 +174,9 @@ class FasterCOCOEvaluator(COCOEvaluator):
             if not self._do_evaluation:
                 return
             for task in sorted(tasks):
-                if task not in TASK_FIELDS:
+                if task not in TASKS:
                     raise TransferError(
-                        f"unknown COCO task '{task}'; choose from {', '.join(TASK_FIELDS)}"
+                        f"unknown COCO task '{task}'; choose from {', '.join(TASKS)}"
                     )
                 coco_eval = self.evaluate_task(results, task, img_ids) if results else None
                 self._results[task] = self._derive_coco_results(
@@ -114,8 +204,8 @@ class FasterCOCOEvaluator(COCOEvaluator):
     def evaluate_task(self, results, task, img_ids):
         """faster-coco-eval's COCOeval of one task, summarised (its ``stats`` are pycocotools')."""
         ground_truth = self.ground_truth()
-        detections = ground_truth.loadRes(task_results(results, task))
-        coco_eval = COCOeval_faster(ground_truth, detections, task)
+        detections = load_detections(ground_truth, results, task)
+        coco_eval = FasterCOCOeval(ground_truth, detections, task)
         params = coco_eval.params
         # pycocotools' categories: every one in the dataset (faster-coco-eval's keypoint default
         # keeps only those with annotations, which changes the per-category table's columns)
