@@ -204,7 +204,7 @@ def segment(side, views, indices, warmup, steps):
 
 
 def measure_case(name, case, preset, device, steps, rounds):
-    pair = build_pair(case, device, preset["warmup"] + steps * rounds)
+    pair = build_pair(case, device, (preset["warmup"] + steps) * rounds)  # the schedules' length
     memory_format = pair["ours"].memory_format
     shape = (case["batch"], 3, case["image_size"], case["image_size"])
     generator = torch.Generator().manual_seed(0)
