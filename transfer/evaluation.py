@@ -50,11 +50,12 @@ def collection_paused():
 
 def load_detections(ground_truth, results, task):
     """One task's results as faster-coco-eval's COCO of detections: what its ``loadRes`` makes
-    of Detectron2's results (ids 1..n in order, ``iscrowd`` 0; a box gives the area; a mask
-    alone gives the area and the bounding box), in new dicts holding only what the task reads,
-    in one pass, the masks' areas and boxes in one call each (``loadRes`` makes two per mask).
-    As in Detectron2, segm is evaluated without the predicted boxes, so that its area ranges
-    (small/medium/large) are the masks'; bbox and keypoints take the area of the box.
+    of Detectron2's results (ids 1..n in order, ``iscrowd`` 0; a box gives the area; a mask alone
+    gives the area), in new dicts holding only what the task's COCOeval reads, in one pass, the
+    masks' areas in one call (``loadRes`` makes one per mask, and a second for the mask's
+    bounding box, which no segm evaluation reads). As in Detectron2, segm is evaluated without
+    the predicted boxes, so that its area ranges (small/medium/large) are the masks'; bbox and
+    keypoints take the area of the box.
     """
     unknown = {result["image_id"] for result in results} - set(ground_truth.getImgIds())
     if unknown:
@@ -66,9 +67,8 @@ def load_detections(ground_truth, results, task):
         masks = [result["segmentation"] for result in results]
         annotations = [
             {"image_id": result["image_id"], "category_id": result["category_id"],
-             "score": result["score"], "segmentation": mask, "area": area, "bbox": box}
-            for result, mask, area, box in zip(results, masks, mask_api.area(masks),
-                                               mask_api.toBbox(masks))
+             "score": result["score"], "segmentation": mask, "area": area}
+            for result, mask, area in zip(results, masks, mask_api.area(masks))
         ]  # fmt: skip
     else:
         annotations = [
