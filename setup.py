@@ -4,7 +4,7 @@ setup(
     name="ring-nce",
     version="0.1.0",
     description="Contrastive pretraining with Ring (conditional) negatives and Detectron2 transfer",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(
         include=[
             "pretrain",
