@@ -30,4 +30,9 @@ setup(
         "tensorboard",
         "tqdm",
     ],
+    extras_require={
+        # benchmarks/peer_moco.py times our MoCo v2 step against lightly's; nothing else uses
+        # it: install it in a separate virtualenv, never for users (pip install -e '.[peer]')
+        "peer": ["lightly==1.6.0"],
+    },
 )

@@ -5,6 +5,7 @@ one CPU thread: a quick figure, not a measurement. Nothing here asserts a speed.
 """
 
 import importlib
+import importlib.util
 import json
 
 import pytest
@@ -70,6 +71,8 @@ def test_train_throughput_smoke_measures_both_feeds(tmp_path):
         ("ring_selection", ["--preset", "smoke", "--upper", "2"], "sampler.upper"),
         ("train_throughput", ["--methods", "simclr"], "unknown method 'simclr'"),
         ("train_throughput", ["--preset", "smoke", "--steps", "0"], "--steps must be >= 1"),
+        ("peer_moco", ["--cases", "vit"], "unknown case 'vit'"),
+        ("peer_moco", ["--preset", "smoke", "--rounds", "0"], "--rounds must be >= 1"),
     ],
 )
 def test_bad_options_give_one_line_errors(name, argv, message, capsys):
@@ -89,6 +92,8 @@ def test_empty_jpeg_folder_is_refused(tmp_path, capsys):
 def test_gpu_preset_without_gpu_is_refused(capsys):
     assert load_script("train_throughput").main(["--preset", "gpu"]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+    assert load_script("peer_moco").main(["--preset", "smoke", "--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_strategy_cost_smoke_times_every_strategy(tmp_path):
@@ -110,3 +115,40 @@ def test_classification_smoke_times_episodes_and_the_c_grid(tmp_path):
     assert load_script("classification").main(argv) == 0
     variants = [row["variant"] for row in json.loads(out.read_text())["rows"]]
     assert variants[:2] == ["episodes_5w1s_d16", "c_grid_torch_lbfgs"]
+
+
+LIGHTLY = importlib.util.find_spec("lightly") is not None
+NO_LIGHTLY = "lightly is an optional extra for benchmarks/peer_moco.py only (pip install '.[peer]')"
+
+
+@pytest.mark.skipif(not LIGHTLY, reason=NO_LIGHTLY)
+def test_peer_moco_smoke_checks_the_same_loss_then_times_both_steps(tmp_path):
+    script = load_script("peer_moco")
+    out = tmp_path / "peer.json"
+    assert script.main(["--preset", "smoke", "--threads", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"] for row in rows] == list(script.CASES)
+    for row in rows:
+        assert row["check_loss_ours"] == pytest.approx(row["check_loss_lightly"], abs=1e-4)
+        assert row["ours_s_per_step"] > 0 and row["lightly_s_per_step"] > 0
+
+
+@pytest.mark.skipif(not LIGHTLY, reason=NO_LIGHTLY)
+def test_peer_moco_check_catches_a_step_that_computes_something_else():
+    script = load_script("peer_moco")
+    case = {
+        **script.CASES["resnet18-narrow"],
+        **script.PRESETS["smoke"]["overrides"]["resnet18-narrow"],
+    }
+    pair = script.build_pair(case, torch.device("cpu"), steps=1)
+    pair["lightly"].criterion.temperature *= 2  # not the same loss any more
+    views = [torch.randn(case["batch"], 3, case["image_size"], case["image_size"]) for _ in "kq"]
+    with pytest.raises(PretrainError, match="do not compute the same thing"):
+        script.check_same_loss(pair, views, torch.arange(case["batch"]))
+
+
+@pytest.mark.skipif(LIGHTLY, reason="checks the message on a machine without lightly")
+def test_peer_moco_without_lightly_says_how_to_install_it(capsys):
+    assert load_script("peer_moco").main(["--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "lightly is not installed" in err and "[peer]" in err and err.count("\n") == 1
