@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from transfer import scenes
 from transfer.config import TransferError, build_config
 from transfer.datasets import FMNIST_SCENES_VAL, register_project_datasets, scene_set_dir
+from transfer.engine import Trainer
 from transfer.evaluation import FasterCOCOEvaluator
 from transfer.user_datasets import check_against_config
 
@@ -172,3 +173,26 @@ def test_a_config_that_does_not_fit_the_scenes_is_a_one_line_error(
     with pytest.raises(TransferError, match=fix) as error:
         check_against_config(build_config(config, [*opts, key, value]))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name, trains_backbone",
+    [
+        ("fmnist_scenes_mask_rcnn_R18_FPN", True),
+        ("fmnist_scenes_mask_rcnn_R18_FPN_frozen", False),
+        ("fmnist_scenes_keypoint_rcnn_R18_FPN", True),
+        ("fmnist_scenes_keypoint_rcnn_R18_FPN_frozen", False),
+    ],
+)
+def test_scene_configs_build_the_narrow_resnet18_fine_tuned_or_frozen(
+    tmp_path, name, trains_backbone
+):
+    register_project_datasets()
+    opts = ["MODEL.WEIGHTS", "", "OUTPUT_DIR", str(tmp_path)]
+    cfg = build_config(f"configs/transfer/{name}.yaml", opts)
+    check_against_config(cfg)
+    model = Trainer.build_model(cfg)
+    bottom_up = model.backbone.bottom_up
+    assert bottom_up.stem.conv1.out_channels == 16 and len(bottom_up.res4) == 2
+    assert all(p.requires_grad == trains_backbone for p in bottom_up.parameters())
+    assert all(p.requires_grad for p in model.backbone.fpn_lateral2.parameters())
