@@ -163,6 +163,17 @@ def all_reduce_mean(value):
     return tensor.item() / dist.get_world_size()
 
 
+def all_reduce_sum(values):
+    """Element-wise sums of a list of numbers over ranks, in one collective; every rank must
+    call it (a rank that skips it leaves the others waiting)."""
+    if not is_distributed():
+        return [float(value) for value in values]
+    tensor = torch.tensor([float(value) for value in values], dtype=torch.float64)
+    tensor = tensor.to(_comm_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
 def _comm_device():
     return (
         torch.device("cuda", torch.cuda.current_device())
