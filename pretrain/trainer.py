@@ -284,6 +284,15 @@ def train_step(model, views, indices, sampler, optimizer, scheduler, autocast):
     return loss.detach(), stats
 
 
+def device_step(run, views, indices):
+    """A loader batch onto the device, then ``train_step``: the loop's whole work per batch."""
+    views = run.views_on_device(views, run.info.device, run.memory_format)
+    indices = indices.to(run.info.device, non_blocking=True)  # pinned: no wait for the queue
+    return train_step(
+        run.model, views, indices, run.sampler, run.optimizer, run.scheduler, run.autocast
+    )
+
+
 def numeric_scalars(stats):
     """Every number (Python or 0-d tensor) among a method's stats; no name is special."""
     found = {}
@@ -336,6 +345,14 @@ class Training:
         return nullcontext()
 
 
+def tune_cudnn(device):
+    """cuDNN picks its fastest convolution per shape (every step has the same shapes: the
+    loader drops the last partial batch); not when deterministic algorithms are asked for,
+    as the device check's resume comparison does (autotuning may pick differently per run)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+
+
 def build_optimization(cfg, method, steps_per_epoch):
     optimizer = torch.optim.SGD(
         [p for p in method.parameters() if p.requires_grad],
@@ -369,6 +386,7 @@ def build_training(cfg):
     method = build_method(cfg, len(train_set), source.channels, source.name)
     sampler.check_pool(*method.negative_pool())
     on_gpu = info.device.type == "cuda"
+    tune_cudnn(info.device)
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
@@ -412,7 +430,7 @@ def wrap_distributed(run):
         on_gpu = run.info.device.type == "cuda"
         run.model = DistributedDataParallel(
             run.method,
-            device_ids=[run.info.local_rank] if on_gpu else None,
+            device_ids=[run.info.device.index] if on_gpu else None,
             broadcast_buffers=False,
         )
         broadcast_buffers_(run.method)  # one bank/queue for all ranks from the start
@@ -452,16 +470,7 @@ def run_epoch(run, epoch, global_step, writer):
     images, started = 0, time.perf_counter()
     for step, (views, _, indices) in enumerate(loader):
         run.sampler.set_epoch(epoch + step / run.steps_per_epoch)
-        views = run.views_on_device(views, info.device, run.memory_format)
-        loss, stats = train_step(
-            run.model,
-            views,
-            indices.to(info.device),
-            run.sampler,
-            run.optimizer,
-            run.scheduler,
-            run.autocast,
-        )
+        loss, stats = device_step(run, views, indices)
         negatives_seen = stats.pop("monitor")
         if step % cfg.train.log_every_steps == 0:  # a sample of steps: it costs a gather
             run.false_negatives.update(negatives_seen)
