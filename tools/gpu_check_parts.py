@@ -5,6 +5,7 @@ CPU, small). Each part runs in its own subprocess, so a crash or a hang stays in
 ``figures["headline"]`` holds the few numbers the table prints; the rest goes to the JSON.
 """
 
+import contextlib
 import copy
 import importlib
 import json
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,19 +123,51 @@ def agreement_config(mode, sampler):
             "device": "cuda" if big else "cpu",
             "model": {"arch": "resnet50"} if big else {"arch": "resnet18", "width": 0.25},
             "sampler": {"name": sampler},
-            "moco": {"queue_size": 65536 if big else 256},
+            # one BN group for the keys: tiny's 8 images in 4 groups of 2 are all bf16 noise
+            "moco": {"queue_size": 65536 if big else 256, "shuffle_bn_splits": 1},
             "data": {"name": "synthetic", "image_size": 224 if big else 32},
             "optim": {"batch_size": 128 if big else 8},
         }
     )
 
 
-def one_loss(method, views, indices, sampler, autocast):
+def one_loss(method, views, indices, sampler, autocast, mode=None):
     """The loss of one forward from ``method``'s current state (the method is a copy)."""
     torch.manual_seed(0)  # shuffle-BN's permutation and the ring's draws: the same each time
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast, mode or contextlib.nullcontext():
         loss, _ = method(views, indices, sampler)
+    if loss.dtype != torch.float32:
+        raise RuntimeError(f"the loss is {loss.dtype} under autocast, not float32")
     return float(loss.float())
+
+
+class LossDtypes(TorchDispatchMode):
+    """Under autocast, what the loss is made of must stay float32: the similarity logits
+    against the queue (a product whose last dimension is the queue's length), the ring's ranks
+    (every ``topk``'s input) and the loss's ``logsumexp``. The encoders may run in bf16. A
+    wrong cast path shows here even where it moves the loss by less than bf16's noise."""
+
+    def __init__(self, queue_size):
+        super().__init__()
+        self.queue_size = queue_size
+        self.wrong, self.seen = [], set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        aten = torch.ops.aten
+        name = func.overloadpacket.__name__
+        if name in ("mm", "addmm", "bmm") and out.shape[-1] == self.queue_size:
+            self.check("similarity", f"{name} {tuple(out.shape)}", out.dtype)
+        elif func is aten.topk.default:
+            self.check("ranks", f"topk of {tuple(args[0].shape)}", args[0].dtype)
+        elif func is aten.logsumexp.default:
+            self.check("loss", f"logsumexp of {tuple(args[0].shape)}", args[0].dtype)
+        return out
+
+    def check(self, kind, what, dtype):
+        self.seen.add(kind)
+        if dtype != torch.float32:
+            self.wrong.append(f"{kind} {what} in {dtype}")
 
 
 def bf16_agreement(mode, work_dir):
@@ -161,22 +195,30 @@ def bf16_agreement(mode, work_dir):
             sampler,
             torch.autocast(device.type, enabled=False),
         )
+        dtypes = LossDtypes(cfg.moco.queue_size)
         bf16 = one_loss(
             copy.deepcopy(method),
             views,
             indices,
             sampler,
             torch.autocast(device.type, torch.bfloat16),
+            dtypes,
         )
+        expected = {"similarity", "loss"} | ({"ranks"} if sampler_name == "ring" else set())
+        if dtypes.wrong or not expected <= dtypes.seen:
+            raise RuntimeError(
+                f"bf16 autocast reached the loss ({sampler_name}): {dtypes.wrong} (checked: "
+                f"{sorted(dtypes.seen)} of {sorted(expected)})"
+            )
         figures[sampler_name] = {
             "fp32": fp32,
             "bf16": bf16,
             "relative": abs(bf16 - fp32) / abs(fp32),
         }
     worst = max(f["relative"] for f in figures.values())
-    if worst > 0.02:  # bf16 keeps ~3 significant digits; a wrong cast path is off by far more
+    if worst > 0.02:  # bf16 keeps ~3 significant digits; the dtypes above are the sharp test
         raise RuntimeError(f"bf16 and fp32 losses differ by {worst:.3g} (relative): {figures}")
-    return {"headline": {"worst relative loss gap": worst}, **figures}
+    return {"headline": {"worst relative loss gap": worst, "loss dtypes": "float32"}, **figures}
 
 
 def resume_config(mode, output_dir, stop_after_epoch=None):
