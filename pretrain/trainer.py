@@ -41,6 +41,13 @@ from pretrain.distributed import (
 from pretrain.errors import PretrainError
 from pretrain.evaluation.knn import extract_features, knn_accuracy
 from pretrain.gpu_augment import DeviceViews, ToCanvas, canvas_size, check_augment_on
+from pretrain.loading import (
+    EpochItems,
+    EpochSampler,
+    item_bytes,
+    prefetch_factor,
+    shared_memory_budget,
+)
 from pretrain.methods import build_method, method_class
 from pretrain.monitor import FalseNegativeMonitor
 from pretrain.samplers import NegativeSampler
@@ -110,26 +117,41 @@ def build_datasets(cfg, method_name, source):
 
 
 def train_loader(dataset, batch_per_rank, epoch, cfg, info):
-    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+    """The training loader, at ``epoch``; later epochs: ``loader.sampler.set_epoch(e)``.
+
+    Its workers live across epochs (``pretrain.loading``: per-item seeds keep runs
+    reproducible) and prefetch as many batches as half the free /dev/shm holds (at most 4).
+    """
+    generator = torch.Generator()
     if info.world_size > 1:
         order = DistributedSampler(
             dataset, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
-        order.set_epoch(epoch)
+        reseed = order.set_epoch
     else:
         order = RandomSampler(dataset, generator=generator)
+
+        def reseed(epoch):
+            generator.manual_seed(epoch_seed(cfg.seed, epoch, 0))
+
+    sampler = EpochSampler(order, reseed)
+    sampler.set_epoch(epoch)
+    items = EpochItems(dataset, cfg.seed)
     workers = cfg.data.num_workers
+    prefetch = None
+    if workers > 0:
+        batch_bytes = item_bytes(items[(0, epoch)][0]) * batch_per_rank
+        prefetch = prefetch_factor(batch_bytes, workers, shared_memory_budget())
     return DataLoader(
-        dataset,
+        items,
         batch_size=batch_per_rank,
-        sampler=order,
+        sampler=sampler,
         drop_last=True,
         num_workers=workers,
         collate_fn=collate_views,
-        generator=generator,
         pin_memory=info.device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch,
     )
 
 
@@ -413,6 +435,7 @@ def build_training(cfg):
         monitor_train=monitor_train,
         monitor_test=monitor_test,
         batch_per_rank=batch_per_rank,
+        loader=None,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -456,7 +479,9 @@ def run_epoch(run, epoch, global_step, writer):
     """One pass over the data; returns the epoch's mean scalars and the new global step."""
     cfg, info = run.cfg, run.info
     seed_everything(epoch_seed(cfg.seed, epoch + 1, info.rank))
-    loader = train_loader(run.train_set, run.batch_per_rank, epoch, cfg, info)
+    if run.loader is None:  # built once: its workers live across epochs
+        run.loader = train_loader(run.train_set, run.batch_per_rank, epoch, cfg, info)
+    run.loader.sampler.set_epoch(epoch)
     run.method.train()
     progress = tqdm(
         total=run.steps_per_epoch,
@@ -468,7 +493,9 @@ def run_epoch(run, epoch, global_step, writer):
     )
     window, epoch_sums = ScalarSums(), {}
     images, started = 0, time.perf_counter()
-    for step, (views, _, indices) in enumerate(loader):
+    for step, (views, _, indices) in enumerate(run.loader):
+        if step == 0:  # img/s from the first batch on: worker start-up is not training
+            images, started = 0, time.perf_counter()
         run.sampler.set_epoch(epoch + step / run.steps_per_epoch)
         loss, stats = device_step(run, views, indices)
         negatives_seen = stats.pop("monitor")
