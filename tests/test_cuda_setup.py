@@ -50,3 +50,26 @@ def test_cudnn_autotunes_on_a_gpu_unless_determinism_is_asked(cudnn_flags):
     torch.use_deterministic_algorithms(True)
     tune_cudnn(torch.device("cuda", 0))
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_the_resume_check_asks_cuda_for_deterministic_kernels(cudnn_flags, monkeypatch):
+    """cuDNN's flag does not cover e.g. the atomic scatter-add of the ring's gather backward:
+    the check turns on deterministic algorithms (warning where a kernel has none), with the
+    cuBLAS workspace they need, and the trainer then leaves cuDNN's autotuning off."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import gpu_check_parts
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    saved = torch.backends.cudnn.deterministic
+    try:
+        gpu_check_parts.deterministic_cuda()
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert gpu_check_parts.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        tune_cudnn(torch.device("cuda", 0))
+        assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.backends.cudnn.deterministic = saved

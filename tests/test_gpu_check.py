@@ -101,3 +101,14 @@ def test_the_bf16_check_fails_on_a_wrong_cast_path(tmp_path, monkeypatch):
     monkeypatch.setattr(moco, "full_precision", lambda tensor: contextlib.nullcontext())
     with pytest.raises(RuntimeError, match=r"bf16 autocast reached the loss \(uniform\): \['sim"):
         gpu_check_parts.bf16_agreement("tiny", tmp_path)
+
+
+def test_seconds_per_iteration_reads_only_the_last_run_of_metrics_json(tmp_path):
+    """Detectron2 appends to metrics.json: a rerun's lines follow the earlier run's."""
+    import gpu_check_parts
+
+    lines = [{"iteration": i, "time": 1.0} for i in (19, 39, 49)]
+    lines += [{"iteration": 49, "bbox/AP": 1.0}]  # the evaluation line has no time
+    lines += [{"iteration": i, "time": t} for i, t in ((19, 0.2), (39, 0.3), (49, 0.2))]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines))
+    assert gpu_check_parts.seconds_per_iteration(tmp_path) == 0.2
