@@ -26,6 +26,7 @@ CASES = [
     for method in ("moco", "simclr", "ir", "cmc")
     for sampler in ("uniform", "ring")
 ] + [(method, "ring", "gpu") for method in ("moco", "simclr", "ir")]
+CASES += [("supervised", "uniform", "cpu")]
 
 
 def first_batch(run):
@@ -37,10 +38,10 @@ def first_batch(run):
 
 
 def on_the_device(run, method):
-    """``run`` with ``method`` (built on the meta device) and its optimizer on fake CUDA, as
-    ``build_training`` puts them there: every parameter and buffer is made afresh as a fake
-    CUDA tensor of its shape (a real tensor cannot be turned into a fake one in place, and MoCo
-    deep-copies its encoder, which fake tensors do not support)."""
+    """``run`` with ``method`` and its optimizer on fake CUDA, as ``build_training`` puts them
+    there: every parameter and buffer is made afresh as a fake CUDA tensor of its shape (a real
+    tensor cannot be turned into a fake one in place; building under fake mode would have MoCo
+    deep-copy fake tensors, which they do not support)."""
     run.method = method
     for module in run.method.modules():
         for name, param in module._parameters.items():
@@ -81,8 +82,14 @@ def test_one_training_step_makes_no_host_sync(
     tiny_config["data"]["synthetic"]["image_size"] = 32
     run = build_training(as_config(tiny_config))
     views, indices = first_batch(run)
-    with torch.device("meta"):
-        method = build_method(run.cfg, len(run.train_set), run.source.channels, run.source.name)
+    method = build_method(  # on the CPU; on_the_device makes its fake CUDA tensors
+        run.cfg,
+        len(run.train_set),
+        run.source.channels,
+        run.source.name,
+        run.train_set.labels,
+        run.source.num_classes,
+    )
     with fake_cuda():
         on_the_device(run, method)
         monkeypatch.setattr(torch.Tensor, "backward", stand_in_backward(run.method))
