@@ -88,3 +88,23 @@ def test_only_the_known_warnings_are_silenced():
     # same messages from another module or of another category still show
     assert "FutureWarning: `torch.jit.script` is deprecated elsewhere" in done.stderr
     assert "UserWarning: LINEAR is deprecated, said by us" in done.stderr
+
+
+def test_the_run_time_noise_of_detectron2_runs_is_silenced_and_nothing_else():
+    """torch.meshgrid's indexing warning (Detectron2's anchors) and torch's "No CUDA runtime"
+    log line (Detectron2's environment report): gone; the same from elsewhere, or another line
+    of that logger, still shows."""
+    code = (
+        "import logging, warnings, torch, transfer\n"
+        "torch.meshgrid(torch.arange(2), torch.arange(3))\n"
+        "warnings.warn('torch.meshgrid: in an upcoming release, said by us', UserWarning)\n"
+        "log = logging.getLogger('torch.utils.cpp_extension')\n"
+        "log.warning(\"No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\")\n"
+        "log.warning('another cpp_extension line')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert "said by us" in done.stderr and "another cpp_extension line" in done.stderr
+    assert "Triggered internally" not in done.stderr and "No CUDA runtime" not in done.stderr
