@@ -16,11 +16,19 @@ INSTALL_HINT = "run `make test` (or `bash tools/setup_env.sh`) to create .venv w
 # - at import: Detectron2 v0.6 scripts a few helpers with torch.jit.script (deprecated in torch
 #   2.x, still working) and reads Pillow's Image.LINEAR (deprecated, kept in the Pillow<10 we pin);
 # - in every FPN run: its anchor generator calls torch.meshgrid without ``indexing``, whose
-#   default ("ij") is the one it relies on.
+#   default ("ij") is the one it relies on;
+# - in keypoint runs: it builds each image's keypoints from a list of arrays (slow, correct);
+# - with RLE masks (the scenes): it wraps decoded masks it only reads in tensors.
 KNOWN_WARNINGS = (
     (r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script"),
     (r"LINEAR is deprecated", DeprecationWarning, r"detectron2\.data\.transforms\.transform"),
     (r"torch\.meshgrid: in an upcoming release", UserWarning, r"torch\.functional"),
+    (
+        r"Creating a tensor from a list of numpy\.ndarrays is extremely slow",
+        UserWarning,
+        r"detectron2\.structures\.keypoints",
+    ),
+    (r"The given NumPy array is not writable", UserWarning, r"detectron2\.data\.detection_utils"),
 )
 # Detectron2 logs its environment at the start of each run, importing torch.utils.cpp_extension,
 # which logs this when a CUDA toolkit is installed but no GPU is usable: the CPU runs need neither.
