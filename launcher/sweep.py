@@ -41,7 +41,7 @@ from launcher.executors import (
     unique_log_folder,
 )
 from launcher.jobs import TransferJob
-from pretrain.errors import nearest_name
+from pretrain.errors import check_known_keys
 
 SWEEP_KEYS = (
     "checkpoints",
@@ -78,11 +78,7 @@ class Run:
 
 
 def _check_keys(mapping, allowed, where):
-    for key in mapping:
-        if key not in allowed:
-            near = nearest_name(key, allowed)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
-            raise LauncherError(f"unknown key '{key}' in {where}; {hint}")
+    check_known_keys(mapping, allowed, where, LauncherError)
 
 
 def _require_mapping(value, where):
