@@ -11,6 +11,7 @@ the config's MAX_ITER costs from them. Run it alone on the machine (other work i
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 
@@ -68,7 +69,7 @@ def measure(name, config, args, output):
     }
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -76,7 +77,7 @@ def main():
     parser.add_argument("--weights", default="", help="converted .pkl (default: random init)")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.preset = "scenes"
     torch.set_num_threads(args.threads)
     facts = machine_facts()
@@ -90,7 +91,8 @@ def main():
     for row in rows:
         print("| " + " | ".join(str(value) for value in row.values()) + " |")
     finish_run("scenes_transfer", args, {"iters": args.iters, "warmup": args.warmup}, facts, rows)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -152,3 +152,14 @@ def test_peer_moco_without_lightly_says_how_to_install_it(capsys):
     assert load_script("peer_moco").main(["--preset", "smoke"]) == 2
     err = capsys.readouterr().err
     assert "lightly is not installed" in err and "[peer]" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_scenes_transfer_smoke_times_a_step_and_the_evaluation(tmp_path):
+    script = load_script("scenes_transfer")
+    out = tmp_path / "scenes.json"
+    argv = ["--iters", "1", "--warmup", "1", "--configs", "mask_frozen", "--json", str(out)]
+    assert script.main(argv) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["config"] == "mask_frozen" and row["s_per_iteration"] > 0
+    assert row["evaluation_s"] > 0 and row["max_iter"] == 150
