@@ -5,7 +5,8 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
     checkpoints:            # name: path, or name: {path: .., encoder: ..}
       ring: runs/pretrain/ring/checkpoints/last.pth
       supervised: weights/resnet50-torchvision.pth
-      scratch: random       # random init: no file, nothing converted
+      scratch: random       # random init: no file, nothing converted; the network of the
+                            # sweep's first checkpoint with a file (or {path: random, like: ring})
     baseline: scratch       # optional: the leaderboard's paired differences are against it
     tasks:                  # name: {config: .., opts: [KEY, VALUE, ...]}
       coco_mask: {config: configs/transfer/mask_rcnn.yaml, opts: [SOLVER.MAX_ITER, 90000]}
@@ -42,7 +43,7 @@ from launcher.executors import (
     unique_log_folder,
 )
 from launcher.jobs import TransferJob
-from pretrain.errors import nearest_name
+from pretrain.errors import check_known_keys
 
 SWEEP_KEYS = (
     "checkpoints",
@@ -55,7 +56,7 @@ SWEEP_KEYS = (
     "baseline",
 )
 TASK_KEYS = ("config", "opts")
-CHECKPOINT_KEYS = ("path", "encoder")
+CHECKPOINT_KEYS = ("path", "encoder", "like")
 # a checkpoint entry spelled this way is the random-init baseline: Detectron2 gets
 # MODEL.WEIGHTS "" (transfer.engine then loads nothing), so it needs no file
 RANDOM_INIT = "random"
@@ -79,11 +80,7 @@ class Run:
 
 
 def _check_keys(mapping, allowed, where):
-    for key in mapping:
-        if key not in allowed:
-            near = nearest_name(key, allowed)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
-            raise LauncherError(f"unknown key '{key}' in {where}; {hint}")
+    check_known_keys(mapping, allowed, where, LauncherError)
 
 
 def _require_mapping(value, where):
@@ -131,7 +128,32 @@ def _checkpoint_entry(name, entry):
     _check_keys(entry, CHECKPOINT_KEYS, where)
     if "path" not in entry:
         raise LauncherError(f"{where} has no 'path'; give the pretraining checkpoint file")
+    if entry["path"] == RANDOM_INIT:
+        return {"path": None, "encoder": None, "like": entry.get("like")}
+    if entry.get("like"):
+        raise LauncherError(f"{where}: 'like' is for a '{RANDOM_INIT}' entry only; remove it")
     return {"path": _existing_path(entry["path"], where), "encoder": entry.get("encoder")}
+
+
+def _check_like(checkpoints):
+    for name, entry in checkpoints.items():
+        like = entry.get("like")
+        if like and (like not in checkpoints or checkpoints[like]["path"] is None):
+            with_files = sorted(n for n, e in checkpoints.items() if e["path"] is not None)
+            raise LauncherError(
+                f"checkpoints.{name}.like is {like!r}, not a checkpoint with a file: name one of "
+                f"{with_files}"
+            )
+
+
+def architecture_source(checkpoints, name):
+    """The checkpoint whose network a random-init entry builds: its ``like``, else the sweep's
+    first checkpoint with a file (None: the task config's own network)."""
+    entry = checkpoints[name]
+    if entry["path"] is not None or entry.get(classification.RAW_PIXELS):
+        return None
+    with_files = [other for other, e in checkpoints.items() if e["path"] is not None]
+    return entry.get("like") or (with_files[0] if with_files else None)
 
 
 def _task_entries(name, entry):
@@ -203,6 +225,7 @@ def load_sweep(path):
     _check_keys(resources, Resources.field_names(), "resources")
     _check_resource_types(resources)
     checkpoints = {name: _checkpoint_entry(name, e) for name, e in checkpoints.items()}
+    _check_like(checkpoints)
     tasks = {key: task for name, e in tasks.items() for key, task in _task_entries(name, e).items()}
     classification.check_checkpoints(checkpoints, tasks)
     return {
@@ -279,10 +302,10 @@ def convert_checkpoints(conversions):
 
 def pending_conversions(spec, sweep_dir, runs):
     # classification tasks read the checkpoint itself: only Detectron2 tasks need weights
-    needed = {
-        run.checkpoint
-        for run in runs
-        if not classification.is_classification(spec["tasks"][run.task])
+    detection = [r for r in runs if not classification.is_classification(spec["tasks"][r.task])]
+    # a random-init run reads the architecture from the converted weights' .json of its source
+    needed = {r.checkpoint for r in detection} | {
+        architecture_source(spec["checkpoints"], r.checkpoint) for r in detection
     }
     return [
         (spec["checkpoints"][name], str(weights_path(sweep_dir, name)))
@@ -299,13 +322,17 @@ def pending_conversions(spec, sweep_dir, runs):
 def run_opts(spec, run, sweep_dir):
     """A run's Detectron2 opts: the task's, the sweep's, then the run's own weights, output
     folder and seed, which always win. (transfer.engine applies the converter's keys from the
-    weights' .json itself, at run time: the conversion may still be queued at submission.)"""
+    weights' .json itself, at run time: the conversion may still be queued at submission; a
+    random-init run takes them from its architecture source's, RINGNCE.ARCHITECTURE_FROM.)"""
     random_init = spec["checkpoints"][run.checkpoint]["path"] is None
+    source = architecture_source(spec["checkpoints"], run.checkpoint)
+    architecture = ["RINGNCE.ARCHITECTURE_FROM", str(weights_path(sweep_dir, source))]
     return [
         *spec["tasks"][run.task]["opts"],
         *spec["opts"],
         "MODEL.WEIGHTS",
         "" if random_init else str(weights_path(sweep_dir, run.checkpoint)),
+        *(architecture if source else []),
         "OUTPUT_DIR",
         str(run.directory(sweep_dir)),
         "SEED",

@@ -366,7 +366,9 @@ def build_training(cfg):
     train_set, monitor_train, monitor_test = build_datasets(cfg, cfg.method, source)
     batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
     method_class(cfg.method).check_config(cfg, len(train_set))
-    method = build_method(cfg, len(train_set), source.channels, source.name)
+    method = build_method(
+        cfg, len(train_set), source.channels, source.name, train_set.labels, source.num_classes
+    )
     sampler.check_pool(*method.negative_pool())
     on_gpu = info.device.type == "cuda"
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
@@ -401,7 +403,7 @@ def build_training(cfg):
         memory_format=torch.channels_last if channels_last else torch.preserve_format,
         views_on_device=device_views or views_on_device,
         use_amp=on_gpu and cfg.train.amp,
-        # labels for the false-negative monitor only: the method and the loss never see them
+        # labels for the false-negative monitor (a contrastive method never sees them)
         false_negatives=FalseNegativeMonitor(train_set.labels.to(info.device)),
         meta=checkpoint_meta(cfg, method, source, cfg.data.image_size or source.image_size),
     )

@@ -115,9 +115,35 @@ def read_converted_weights_config(weights):
     return d2_config
 
 
+def add_project_keys(cfg):
+    """``RINGNCE.ARCHITECTURE_FROM``: converted weights (.pkl or its .json) whose network a
+    random-init run (``MODEL.WEIGHTS ""``) builds, input statistics included, so the baseline of
+    a narrow ResNet-18 is that ResNet-18 and not the config's R50 (launcher.sweep sets it)."""
+    cfg.RINGNCE = CfgNode({"ARCHITECTURE_FROM": ""})
+
+
+def architecture_weights(cfg):
+    """The weights whose converter .json sets the network: MODEL.WEIGHTS, or for random init
+    RINGNCE.ARCHITECTURE_FROM, which must then have its .json."""
+    source = cfg.RINGNCE.ARCHITECTURE_FROM
+    if not source:
+        return cfg.MODEL.WEIGHTS
+    if cfg.MODEL.WEIGHTS:
+        raise TransferError(
+            'RINGNCE.ARCHITECTURE_FROM is for random init (MODEL.WEIGHTS ""); converted weights '
+            "bring their own .json: drop one of the two"
+        )
+    if not converted_weights_config_path(source).is_file():
+        raise TransferError(
+            f"RINGNCE.ARCHITECTURE_FROM {source} has no {converted_weights_config_path(source)}: "
+            "name weights converted by tools/convert_to_d2.py (the .pkl or its .json)"
+        )
+    return source
+
+
 def apply_converted_weights_config(cfg, explicit_keys):
     """Set the keys the converted weights need (pixel statistics, widths), unless overridden."""
-    weights = cfg.MODEL.WEIGHTS
+    weights = architecture_weights(cfg)
     d2_config = read_converted_weights_config(weights)
     if d2_config is None:
         return []
@@ -226,6 +252,7 @@ def check_output_dir(cfg):
 def build_config(config_file, opts=(), num_gpus=1, num_machines=1):
     """The frozen config a transfer run uses; raises ``TransferError`` on any bad input."""
     cfg = get_cfg()
+    add_project_keys(cfg)
     merge_file(cfg, config_file)
     explicit = override_keys(opts)
     merge_overrides(cfg, opts, "the command-line overrides")

@@ -17,7 +17,7 @@ from detectron2.data.datasets.builtin_meta import _get_builtin_metadata
 from detectron2.structures import BoxMode
 
 from pretrain.errors import nearest_name
-from transfer import fixtures
+from transfer import fixtures, scenes
 from transfer.config import TransferError
 
 LABELME_COCO = "ringnce_labelme_coco"
@@ -28,6 +28,16 @@ LABELME_VOC_TEST = "ringnce_labelme_voc_test"
 KEYPOINT_FIXTURES = {
     KEYPOINTS_COCO_TRAIN: {"num_images": 8, "size": 128, "seed": 0},
     KEYPOINTS_COCO_VAL: {"num_images": 4, "size": 128, "seed": 1},
+}
+# the Fashion-MNIST scenes benchmark (transfer/scenes.py): train scenes from Fashion-MNIST's train
+# items, val and test scenes from disjoint halves of its test items
+FMNIST_SCENES_TRAIN = "fmnist_scenes_train"
+FMNIST_SCENES_VAL = "fmnist_scenes_val"
+FMNIST_SCENES_TEST = "fmnist_scenes_test"
+SCENE_SETS = {
+    FMNIST_SCENES_TRAIN: {"split": "train", "count": 2000, "seed": 0},
+    FMNIST_SCENES_VAL: {"split": "val", "count": 300, "seed": 1},
+    FMNIST_SCENES_TEST: {"split": "test", "count": 300, "seed": 2},
 }
 DATASETS_HINT = (
     "put the dataset in Detectron2's standard layout under $DETECTRON2_DATASETS (now {root}), "
@@ -122,6 +132,26 @@ def register_project_datasets():
         )
     register_voc(LABELME_VOC_TRAINVAL, fixtures.labelme_voc_path(), "trainval", 2007)
     register_voc(LABELME_VOC_TEST, fixtures.labelme_voc_path(), "test", 2007)
+    for name, params in SCENE_SETS.items():
+        register_scene_set(name, scenes.scenes_path(**params))
+
+
+def register_scene_set(name, folder):
+    """A scene set under its name, with the metadata the config check and the evaluator read."""
+    metadata = {
+        "thing_classes": list(scenes.CLASSES),
+        "keypoint_names": list(scenes.KEYPOINT_NAMES),
+        "keypoint_flip_map": [list(pair) for pair in scenes.KEYPOINT_FLIP_MAP],
+        "keypoint_oks_sigmas": list(scenes.OKS_SIGMAS),
+        "num_categories": len(scenes.CLASSES),
+        "mask_format": "bitmask",  # RLE masks
+    }
+    register_coco_instances(name, metadata, str(folder / "annotations.json"), str(folder))
+
+
+def scene_set_dir(name):
+    """The folder of a registered scene set, built (or rebuilt if corrupted) on first use."""
+    return scenes.scenes_dir(**SCENE_SETS[name])
 
 
 def build_fixture(name):
@@ -132,6 +162,8 @@ def build_fixture(name):
         fixtures.keypoints_coco_dir(**KEYPOINT_FIXTURES[name])
     elif name in (LABELME_VOC_TRAINVAL, LABELME_VOC_TEST):
         fixtures.labelme_voc_dir()
+    elif name in SCENE_SETS:
+        scene_set_dir(name)
 
 
 # --- checks -------------------------------------------------------------------------------------

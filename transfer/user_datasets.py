@@ -131,7 +131,7 @@ def register_user_dataset(spec):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     register_coco_instances(name, metadata, str(annotations), str(image_dir))
-    MetadataCatalog.get(name).set(user_num_classes=len(data["categories"]))
+    MetadataCatalog.get(name).set(num_categories=len(data["categories"]))
     return name
 
 
@@ -140,12 +140,13 @@ def register_user_datasets(specs):
 
 
 def check_against_config(cfg):
-    """The config's class and keypoint counts must fit every user dataset it names."""
+    """The config's class and keypoint counts and mask format must fit every dataset it names
+    that states them (users' datasets, the Fashion-MNIST scenes)."""
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         if name not in DatasetCatalog.list():
             continue
         metadata = MetadataCatalog.get(name)
-        classes = metadata.get("user_num_classes")
+        classes = metadata.get("num_categories")
         if classes is not None and classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
             raise TransferError(
                 f"dataset {name} has {classes} categories but MODEL.ROI_HEADS.NUM_CLASSES is "
@@ -160,3 +161,13 @@ def check_against_config(cfg):
                     f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS is {wanted}: pass "
                     f"MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS {keypoints}"
                 )
+        check_mask_format(cfg, name, metadata.get("mask_format"))
+
+
+def check_mask_format(cfg, name, mask_format):
+    """RLE masks read as polygons fail deep inside the data loader: say it before the run."""
+    if mask_format and cfg.MODEL.MASK_ON and cfg.INPUT.MASK_FORMAT != mask_format:
+        raise TransferError(
+            f"dataset {name} has {mask_format} (RLE) masks but INPUT.MASK_FORMAT is "
+            f"{cfg.INPUT.MASK_FORMAT}: pass INPUT.MASK_FORMAT {mask_format}"
+        )
