@@ -16,14 +16,20 @@ Features are synthetic, shaped like pooled ReLU outputs (correlated, off-centre,
 separated classes), seeded.
 """
 
-import argparse
 import sys
 
 import numpy as np
 import torch
 
-from benchmarks.timing import finish_run, interleaved_times, machine_facts, median, resolve_devices
-from pretrain.errors import PretrainError, one_line_errors
+from benchmarks.timing import (
+    finish_run,
+    interleaved_times,
+    machine_facts,
+    median,
+    parse_preset_args,
+    resolve_devices,
+)
+from pretrain.errors import one_line_errors
 from transfer.classification.fewshot import prototype_accuracies, sample_episodes
 from transfer.classification.linear import c_grid, evaluate_linear
 from transfer.classification.protocols import parse_protocol
@@ -138,29 +144,14 @@ def measure(shape, device, repeats):
     return rows
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=SHAPES, default="full")
-    parser.add_argument("--devices", default="auto", help="auto (CPU, then GPU if present)")
-    parser.add_argument("--repeats", type=int, help="timed repetitions (default: the preset's)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", help="also write the figures and machine facts here")
-    return parser.parse_args(argv)
-
-
 @one_line_errors
 def main(argv=None):
-    args = parse_args(argv)
-    repeats = args.repeats or REPEATS[args.preset]
-    if repeats < 1:
-        raise PretrainError(f"--repeats must be >= 1, got {repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_preset_args(__doc__.splitlines()[0], SHAPES, REPEATS, argv)
     facts_before = machine_facts()
     print(f"machine: {facts_before}", flush=True)
     rows = []
     for device in resolve_devices(args.devices):
-        rows += measure(SHAPES[args.preset], device, repeats)
+        rows += measure(SHAPES[args.preset], device, args.repeats)
     finish_run("classification", args, {"shape": SHAPES[args.preset]}, facts_before, rows)
     return 0
 

@@ -10,14 +10,18 @@ a training step calls it; repetitions are interleaved and the ratios to uniform 
 MoCHi runs at the paper's (N, s, s') = (1024, 1024, 256); DCL/HCL at tau_plus 0.1, beta 1.
 """
 
-import argparse
 import sys
 
-import torch
-
 from benchmarks.ring_selection import SHAPES, make_inputs, quartiles, sampler_loss
-from benchmarks.timing import finish_run, interleaved_times, machine_facts, median, resolve_devices
-from pretrain.errors import PretrainError, one_line_errors
+from benchmarks.timing import (
+    finish_run,
+    interleaved_times,
+    machine_facts,
+    median,
+    parse_preset_args,
+    resolve_devices,
+)
+from pretrain.errors import one_line_errors
 from pretrain.samplers import NegativeSampler
 
 STRATEGIES = {
@@ -83,30 +87,15 @@ def print_table(rows, shape):
         )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=SHAPES, default="full")
-    parser.add_argument("--devices", default="auto", help="auto (CPU, then GPU if present)")
-    parser.add_argument("--repeats", type=int, help="timed repetitions (default: the preset's)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", help="also write the figures and machine facts here")
-    return parser.parse_args(argv)
-
-
 @one_line_errors
 def main(argv=None):
-    args = parse_args(argv)
-    repeats = args.repeats or REPEATS[args.preset]
-    if repeats < 1:
-        raise PretrainError(f"--repeats must be >= 1, got {repeats}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_preset_args(__doc__.splitlines()[0], SHAPES, REPEATS, argv)
     shape = SHAPES[args.preset]["moco"]
     facts_before = machine_facts()
     print(f"machine: {facts_before}", flush=True)
     rows = []
     for device in resolve_devices(args.devices):
-        rows += measure(shape, device, args.preset, repeats)
+        rows += measure(shape, device, args.preset, args.repeats)
     print_table(rows, shape)
     finish_run("strategy_cost", args, {"strategies": STRATEGIES}, facts_before, rows)
     return 0

@@ -5,6 +5,7 @@ an order rotated per repetition, so slow drift (other processes, thermal state, 
 warm-up) falls on all variants alike; medians then ignore the odd disturbed repetition.
 """
 
+import argparse
 import os
 import platform
 import statistics
@@ -15,6 +16,25 @@ import torch
 
 from pretrain.atomic_write import write_json_atomic
 from pretrain.errors import PretrainError
+
+
+def parse_preset_args(description, presets, repeats_by_preset, argv=None):
+    """The preset benchmarks' command line: ``--preset --devices --repeats --threads --json``.
+    Returns the parsed arguments with ``repeats`` resolved from the preset and checked, and the
+    torch CPU thread count applied."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=presets, default="full")
+    parser.add_argument("--devices", default="auto", help="auto (CPU, then GPU if present)")
+    parser.add_argument("--repeats", type=int, help="timed repetitions (default: the preset's)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", help="also write the figures and machine facts here")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or repeats_by_preset[args.preset]
+    if args.repeats < 1:
+        raise PretrainError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def resolve_devices(requested):

@@ -74,6 +74,7 @@ PRESETS = {
         "jpeg_size": (500, 375),
         "workers": None,  # all CPUs but two (the training process and the pin-memory thread)
         "warmup": 10,
+        "rewarm": 3,  # warm-up steps of rounds after the first (workers and cuDNN are warm)
         "steps": 40,
         "rounds": 3,
     },
@@ -224,7 +225,8 @@ def synthetic_segment(trainee, batch, image_size, warmup, steps):
 
 
 def loader_segment(trainee, loader, batch, warmup, steps):
-    """Images/s through a fresh loader iterator (its workers start within the warm-up)."""
+    """Images/s through a new iterator of the loader (its persistent workers start within the
+    first round's warm-up and are reused after)."""
     iterator = iter(loader)
     waited = 0.0
     try:
@@ -239,7 +241,7 @@ def loader_segment(trainee, loader, batch, warmup, steps):
         synchronize(trainee.device)
         elapsed = time.perf_counter() - start
     finally:
-        del iterator  # stops the workers so they do not compete with the next segment
+        del iterator  # its prefetched batches are dropped; the kept workers wait idle
     return {"images_per_second": batch * steps / elapsed, "data_wait_share": waited / elapsed}
 
 
@@ -302,10 +304,11 @@ def build_runs(preset, methods, data_name, data_root, workers, steps):
 
 def interleaved_rounds(preset, trainees, loaders, steps, rounds):
     """``{(method, feed): [images/s per round]}`` and ``{method: [data wait share]}``."""
-    warmup, batch = preset["warmup"], preset["batch"]
+    batch = preset["batch"]
     figures = {(name, feed): [] for name in trainees for feed in FEEDS}
     waits = {name: [] for name in trainees}
     for round_index in range(rounds):
+        warmup = preset["warmup"] if round_index == 0 else preset.get("rewarm", preset["warmup"])
         order = FEEDS if round_index % 2 == 0 else FEEDS[::-1]  # alternate who goes first
         for name, trainee in trainees.items():
             for feed in order:

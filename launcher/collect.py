@@ -17,6 +17,7 @@ from pathlib import Path
 
 from launcher.errors import LauncherError
 from launcher.report import grouped_bars, interval_text, markdown_table, pyplot, save_png
+from launcher.retry import read_attempts
 from launcher.stats import MeanCI, mean_confidence_interval, paired_difference_ci
 from launcher.sweep import JOB_FILE, RESULTS_FILE, Run, planned_runs, read_spec
 from pretrain.atomic_write import atomic_write, write_text_atomic
@@ -31,6 +32,8 @@ class RunOutcome:
     results: dict | None = None
     problem: str = ""
     log: str = ""
+    attempts: int = 0  # starts on Slurm, over every submission of the run (0: not on Slurm)
+    retried_because: tuple = ()
 
 
 CONFIDENCE = 0.95
@@ -61,10 +64,32 @@ def _job_error(record):
     return lines[-1].strip() if lines else "failed without a message"
 
 
+def attempt_history(record):
+    """(starts, retry reasons) over the job record and the earlier submissions it keeps."""
+    starts, reasons = 0, []
+    for job in [*(record or {}).get("earlier", []), record or {}]:
+        if "result_pickle" not in job:
+            continue
+        events = read_attempts(Path(job["result_pickle"]).parent)
+        starts += sum(event["event"] == "start" for event in events)
+        reasons += [event["reason"] for event in events if event["event"] == "retry"]
+    resubmitted = len((record or {}).get("earlier", []))
+    if resubmitted:
+        reasons.append(f"resubmitted {resubmitted} time(s) by rerunning the sweep")
+    return starts, tuple(reasons)
+
+
 def run_outcome(run, sweep_dir):
     directory = run.directory(sweep_dir)
-    results = _read_json(directory / RESULTS_FILE)
     record = _read_json(directory / JOB_FILE)
+    attempts, reasons = attempt_history(record)
+    outcome = _outcome(run, directory, record)
+    outcome.attempts, outcome.retried_because = attempts, reasons
+    return outcome
+
+
+def _outcome(run, directory, record):
+    results = _read_json(directory / RESULTS_FILE)
     if results is not None:
         return RunOutcome(run, results=results)
     if record is None:
@@ -296,7 +321,21 @@ def markdown_report(board):
         lines += ["", f"## Runs without results ({len(board.missing)})", ""]
         rows = [[o.run.label, o.problem, o.log] for o in board.missing]
         lines += markdown_table(["run", "problem", "log"], rows)
+    lines += attempts_section(board.outcomes)
     return "\n".join(lines) + "\n"
+
+
+def attempts_section(outcomes):
+    """The runs Slurm started more than once (requeues and resubmissions), each listed once."""
+    repeated = [o for o in outcomes if o.attempts > 1]
+    if not repeated:
+        return []
+    rows = [
+        [o.run.label, o.attempts, "; ".join(o.retried_because) or "requeued by Slurm or submitit"]
+        for o in repeated
+    ]
+    header = f"## Runs started more than once ({len(repeated)}; each counted once above)"
+    return ["", header, "", *markdown_table(["run", "attempts", "why"], rows)]
 
 
 def interval_fields(ci):

@@ -17,6 +17,7 @@ import submitit
 from submitit.core.utils import FailedJobError
 
 from launcher.errors import LauncherError
+from launcher.retry import batch_commands
 
 CLUSTERS = ("slurm", "local", "debug")
 
@@ -39,6 +40,8 @@ class Resources:
     array_parallelism: int = 32
     # requeues after a time limit allowed before the job gives up (preemptions are unlimited)
     max_timeouts: int = 3
+    # requeues after an infrastructure failure (launch failure, node lost; launcher.retry)
+    max_retries: int = 2
 
     @classmethod
     def field_names(cls):
@@ -102,6 +105,9 @@ def make_executor(cluster, folder, resources):
         # one log per job: a failure's traceback sits beside what led to it
         stderr_to_stdout=True,
     )
+    if cluster == "slurm":
+        setup, teardown = batch_commands(folder / "%j", resources.max_retries)
+        executor.update_parameters(slurm_setup=setup, slurm_teardown=teardown)
     return executor
 
 

@@ -15,12 +15,14 @@ A sweep file (YAML) names pretraining checkpoints, Detectron2 transfer configs a
     opts: []                # Detectron2 opts for every run
     datasets: [parts=data/parts.json:data/images]   # optional: own COCO datasets (NAME=JSON:DIR)
     output_dir: runs/sweeps/ring   # optional (default runs/sweeps/<file name>)
-    resources: {gpus_per_node: 8}  # optional launcher.executors.Resources defaults
+    resources: {gpus_per_node: 8, max_retries: 2}  # optional launcher.executors.Resources
 
 Relative paths are taken from the current directory (where the sweep is submitted). The sweep
 directory holds ``sweep.yaml`` (the resolved spec), ``weights/<checkpoint>.pkl`` (converted once),
 ``runs/<checkpoint>/<task>/seed_<n>/`` (each run's Detectron2 OUTPUT_DIR with ``results.json``
-and ``job.json``, which names the job and its log) and ``logs/`` (submitit's folders).
+and ``job.json``, which names the job and its log, and the earlier jobs of a resubmitted run)
+and ``logs/`` (submitit's folders). Submitting a sweep again submits only the runs with no results
+that are not queued or running: after failures, rerunning the same command is the recovery.
 """
 
 import json
@@ -41,7 +43,7 @@ from launcher.executors import (
     unique_log_folder,
 )
 from launcher.jobs import TransferJob
-from pretrain.errors import nearest_name
+from pretrain.errors import check_known_keys
 
 SWEEP_KEYS = (
     "checkpoints",
@@ -78,11 +80,7 @@ class Run:
 
 
 def _check_keys(mapping, allowed, where):
-    for key in mapping:
-        if key not in allowed:
-            near = nearest_name(key, allowed)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
-            raise LauncherError(f"unknown key '{key}' in {where}; {hint}")
+    check_known_keys(mapping, allowed, where, LauncherError)
 
 
 def _require_mapping(value, where):
@@ -259,7 +257,7 @@ def is_finished(run, sweep_dir):
     return (run.directory(sweep_dir) / RESULTS_FILE).is_file()
 
 
-def _queued_job_ids():
+def queued_job_ids():
     """Ids of jobs Slurm still holds (pending or running), to avoid submitting a run twice."""
     try:
         listing = subprocess.run(
@@ -269,8 +267,12 @@ def _queued_job_ids():
             check=True,
             timeout=60,
         ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()  # no answer: submission itself will then say what is wrong
+    except (OSError, subprocess.SubprocessError) as error:
+        # without the queue, a rerun could submit a second copy of a running run
+        raise LauncherError(
+            f"cannot list Slurm's queue (squeue: {error}); check that slurmctld runs, then "
+            "rerun: runs still queued or running are never submitted twice"
+        ) from error
     return {line.strip() for line in listing.splitlines() if line.strip()}
 
 
@@ -353,10 +355,15 @@ def _write_job_record(run, sweep_dir, job, dependency=None):
     record = {"run": run.label, **job_record(job)}
     if dependency is not None:
         record["depends_on"] = job_record(dependency)
+    # a resubmitted run keeps its earlier jobs: the leaderboard counts all its attempts
+    previous = directory / JOB_FILE
+    if previous.is_file():
+        earlier = json.loads(previous.read_text())
+        record["earlier"] = [*earlier.pop("earlier", []), earlier]
     (directory / JOB_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _write_spec(spec, sweep_dir):
+def write_spec(spec, sweep_dir):
     Path(sweep_dir).mkdir(parents=True, exist_ok=True)
     (Path(sweep_dir) / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
 
@@ -379,12 +386,12 @@ def submit_sweep(spec, cluster, resources, sweep_dir=None, log_root=None):
     """
     sweep_dir = Path(sweep_dir or spec["output_dir"])
     runs = planned_runs(spec)
-    queued = _queued_job_ids() if cluster == "slurm" else set()
+    queued = queued_job_ids() if cluster == "slurm" else set()
     todo = [
         r for r in runs if not is_finished(r, sweep_dir) and not is_in_flight(r, sweep_dir, queued)
     ]
     skipped = [r for r in runs if r not in todo]
-    _write_spec({**spec, "output_dir": str(sweep_dir)}, sweep_dir)
+    write_spec({**spec, "output_dir": str(sweep_dir)}, sweep_dir)
     if not todo:
         return skipped, []
     logs = unique_log_folder(log_root or sweep_dir / "logs", "sweep")

@@ -40,7 +40,9 @@ DEFAULTS = {
         "queue_size": 65536,
         "momentum": 0.999,
         "temperature": 0.2,
-        "shuffle_bn_splits": 1,  # BN groups per rank for keys (>1 matters in one process)
+        # BN groups per rank for keys; null: 4 in one process (one group there would let a
+        # query find its key through batch statistics), 1 per rank under DDP
+        "shuffle_bn_splits": None,
     },
     "simclr": {"temperature": 0.1},
     "data": {

@@ -32,12 +32,23 @@ def is_distributed():
 
 
 def resolve_device(requested, local_rank=0):
+    """This process's device. With one GPU visible it is that GPU, whatever ``LOCAL_RANK``
+    (clusters that bind one GPU per task show each task only its own, as ``cuda:0``); with
+    several, the task's rank on the node picks one."""
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        from pretrain.errors import PretrainError
+    from pretrain.errors import PretrainError
 
+    if not torch.cuda.is_available():
         raise PretrainError("device=cuda but no CUDA GPU is visible; use device=cpu or auto")
+    visible = torch.cuda.device_count()
+    if visible == 1:
+        return torch.device("cuda", 0)
+    if local_rank >= visible:
+        raise PretrainError(
+            f"LOCAL_RANK={local_rank} but this process sees {visible} GPUs; give each task "
+            "one GPU (e.g. --gpus-per-task=1) or every task all of the node's GPUs"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -161,6 +172,17 @@ def all_reduce_mean(value):
     tensor = torch.as_tensor(value, dtype=torch.float64, device=_comm_device())
     dist.all_reduce(tensor)
     return tensor.item() / dist.get_world_size()
+
+
+def all_reduce_sum(values):
+    """Element-wise sums of a list of numbers over ranks, in one collective; every rank must
+    call it (a rank that skips it leaves the others waiting)."""
+    if not is_distributed():
+        return [float(value) for value in values]
+    tensor = torch.tensor([float(value) for value in values], dtype=torch.float64)
+    tensor = tensor.to(_comm_device())
+    dist.all_reduce(tensor)
+    return tensor.tolist()
 
 
 def _comm_device():

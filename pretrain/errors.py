@@ -24,6 +24,16 @@ def nearest_name(name, candidates, cutoff=0.5):
     return close[0] if close else None
 
 
+def check_known_keys(mapping, allowed, where, error):
+    """Refuse a key of ``mapping`` outside ``allowed`` with ``error`` (a RingNCEError class),
+    naming the nearest valid key: the one unknown-key message of every strict schema."""
+    for key in mapping:
+        if key not in allowed:
+            near = nearest_name(key, allowed)
+            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
+            raise error(f"unknown key '{key}' in {where}; {hint}")
+
+
 def one_line_errors(main):
     """Wrap an entry point's ``main(argv) -> status`` so that a ``RingNCEError`` exits with 2."""
 

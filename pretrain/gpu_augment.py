@@ -78,11 +78,14 @@ class ViewParams:
     flip: torch.Tensor  # (B,) bool
 
     def to(self, device):
-        return ViewParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return ViewParams(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)}
+        )
 
 
-def uniform(low, high, shape, generator):
-    return low + (high - low) * torch.rand(shape, generator=generator, dtype=torch.float64)
+def uniform(low, high, shape, generator, device=None):
+    draws = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+    return low + (high - low) * draws
 
 
 def sample_crop_boxes(sizes, scale, ratio, generator):
@@ -90,12 +93,13 @@ def sample_crop_boxes(sizes, scale, ratio, generator):
 
     ``sizes`` is (B, 2) heights and widths. Ten candidate boxes per image, the first that
     fits is taken, else torchvision's fallback (the whole image, ratio clamped, centred).
+    Drawn on ``sizes``' device.
     """
-    count = len(sizes)
+    count, device = len(sizes), sizes.device
     height = sizes[:, :1].double()
     width = sizes[:, 1:].double()
-    target = height * width * uniform(*scale, (count, CROP_ATTEMPTS), generator)
-    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]), target.shape, generator)
+    target = height * width * uniform(*scale, (count, CROP_ATTEMPTS), generator, device)
+    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]), target.shape, generator, device)
     aspect = torch.exp(log_ratio)
     crop_w = torch.round(torch.sqrt(target * aspect))
     crop_h = torch.round(torch.sqrt(target / aspect))
@@ -105,12 +109,8 @@ def sample_crop_boxes(sizes, scale, ratio, generator):
     crop_h = crop_h.gather(1, first).squeeze(1)
     crop_w = crop_w.gather(1, first).squeeze(1)
     height, width = height.squeeze(1), width.squeeze(1)
-    top = torch.floor(
-        torch.rand(count, generator=generator, dtype=torch.float64) * (height - crop_h + 1)
-    )
-    left = torch.floor(
-        torch.rand(count, generator=generator, dtype=torch.float64) * (width - crop_w + 1)
-    )
+    top = torch.floor(uniform(0, 1, count, generator, device) * (height - crop_h + 1))
+    left = torch.floor(uniform(0, 1, count, generator, device) * (width - crop_w + 1))
     fallback = fallback_boxes(height, width, ratio)
     boxes = torch.stack([top, left, crop_h, crop_w], dim=1)
     return torch.where(any_fits[:, None], boxes, fallback)
@@ -134,22 +134,29 @@ def fallback_boxes(height, width, ratio):
 
 
 def sample_view(spec, sizes, generator=None):
-    """Draws one view's ``ViewParams`` for images of ``sizes`` (B, 2), on the CPU."""
-    count = len(sizes)
+    """Draws one view's ``ViewParams`` for images of ``sizes`` (B, 2), on ``sizes``' device
+    (there, nothing is copied from the host: the ranges enter as Python numbers)."""
+    count, device = len(sizes), sizes.device
     brightness, contrast, saturation, hue = spec.jitter
     # ColorJitter's ranges: [max(0, 1 - s), 1 + s] for the first three, [-h, h] for hue
-    low = torch.tensor([max(0, 1 - s) for s in (brightness, contrast, saturation)] + [-hue])
-    high = torch.tensor([1 + brightness, 1 + contrast, 1 + saturation, hue])
-    factors = low + (high - low) * torch.rand(count, 4, generator=generator, dtype=torch.float64)
+    ranges = [(max(0, 1 - s), 1 + s) for s in (brightness, contrast, saturation)] + [(-hue, hue)]
+    draws = uniform(0, 1, (count, 4), generator, device)
+    factors = torch.stack(
+        [low + (high - low) * draws[:, i] for i, (low, high) in enumerate(ranges)], dim=1
+    )
+
+    def chance(p):
+        return torch.rand(count, generator=generator, device=device) < p
+
     return ViewParams(
         boxes=sample_crop_boxes(sizes, spec.crop_scale, spec.crop_ratio, generator),
-        jitter=torch.rand(count, generator=generator) < spec.jitter_p,
+        jitter=chance(spec.jitter_p),
         factors=factors,
-        order=torch.argsort(torch.rand(count, 4, generator=generator), dim=1),
-        gray=torch.rand(count, generator=generator) < spec.gray_p,
-        blur=torch.rand(count, generator=generator) < spec.blur_p,
-        sigma=uniform(*spec.blur_sigma, count, generator),
-        flip=torch.rand(count, generator=generator) < spec.flip_p,
+        order=torch.argsort(torch.rand(count, 4, generator=generator, device=device), dim=1),
+        gray=chance(spec.gray_p),
+        blur=chance(spec.blur_p),
+        sigma=uniform(*spec.blur_sigma, count, generator, device),
+        flip=chance(spec.flip_p),
     )
 
 
@@ -188,8 +195,10 @@ def resized_crop(images, boxes, size, antialias=True):
 
 
 def grayscale(images):
-    weights = images.new_tensor(GRAY_WEIGHTS).view(1, 3, 1, 1)
-    return (images * weights).sum(dim=1, keepdim=True)
+    """Weights as Python numbers: a weight tensor would be a host-to-device copy per call."""
+    red, green, blue = images.unbind(1)
+    gray = GRAY_WEIGHTS[0] * red + GRAY_WEIGHTS[1] * green + GRAY_WEIGHTS[2] * blue
+    return gray.unsqueeze(1)
 
 
 def blend(images, other, factor):
@@ -262,14 +271,29 @@ ADJUSTERS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def color_jitter(images, apply, factors, order):
-    """ColorJitter per image: its four adjustments in its own ``order``, where ``apply``."""
-    out = images.clone()
+    """ColorJitter per image: its four adjustments in its own ``order``, where ``apply``.
+
+    At each of the four positions every image takes the op it drew there, as whole-batch ops
+    kept by mask (``torch.where``): picking the images instead (``nonzero``) would make the
+    host wait for their count 16 times per view. Brightness, contrast and saturation are one
+    blend with a per-image partner (black, the mean grey, the grey image); hue is computed for
+    the batch and kept where drawn.
+    """
+    out = images
     for position in range(len(JITTER_OPS)):
-        for op_index, adjust in enumerate(ADJUSTERS):
-            chosen = (apply & (order[:, position] == op_index)).nonzero().squeeze(1)
-            if len(chosen):
-                out[chosen] = adjust(out[chosen], factors[chosen, op_index])
+        op = torch.where(apply, order[:, position], -1)
+        out = torch.where(is_op(op, 3), adjust_hue(out, factors[:, 3]), out)
+        gray = grayscale(out)
+        partner = torch.where(is_op(op, 0), 0.0, gray.mean(dim=(1, 2, 3), keepdim=True))
+        partner = torch.where(is_op(op, 2), gray, partner)
+        blended = blend(out, partner, factors.gather(1, op.clamp(0, 2).unsqueeze(1)).squeeze(1))
+        out = torch.where(is_op(op, 0) | is_op(op, 1) | is_op(op, 2), blended, out)
     return out
+
+
+def is_op(op, index):
+    """(B, 1, 1, 1) mask of the images whose drawn op is ``JITTER_OPS[index]``."""
+    return (op == index).view(-1, 1, 1, 1)
 
 
 def random_grayscale(images, apply):
@@ -282,23 +306,18 @@ def blur_kernel_size(max_sigma):
 
 
 def gaussian_blur(images, apply, sigma, kernel_size):
-    """Separable Gaussian with each image's own sigma, reflect padding (torchvision's)."""
-    chosen = apply.nonzero().squeeze(1)
-    if not len(chosen):
-        return images
+    """Separable Gaussian with each image's own sigma, reflect padding (torchvision's), kept
+    where ``apply``: the whole batch is convolved (picking the images would be a host sync)."""
     half = kernel_size // 2
     offsets = torch.arange(-half, half + 1, device=images.device, dtype=images.dtype)
-    sigma = sigma[chosen].to(images.dtype).view(-1, 1)
+    sigma = sigma.to(images.dtype).view(-1, 1)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(images.shape[1], 0)
-    picked = images[chosen]
-    count, channels, height, width = picked.shape
-    flat = nnf.pad(picked.reshape(1, count * channels, height, width), [half] * 4, "reflect")
+    count, channels, height, width = images.shape
+    flat = nnf.pad(images.reshape(1, count * channels, height, width), [half] * 4, "reflect")
     flat = nnf.conv2d(flat, kernel.view(-1, 1, 1, kernel_size), groups=count * channels)
     flat = nnf.conv2d(flat, kernel.view(-1, 1, kernel_size, 1), groups=count * channels)
-    out = images.clone()
-    out[chosen] = flat.view(count, channels, height, width)
-    return out
+    return torch.where(apply.view(-1, 1, 1, 1), flat.view_as(images), images)
 
 
 def random_flip(images, apply):
@@ -306,9 +325,10 @@ def random_flip(images, apply):
 
 
 def normalize(images, mean, std):
-    mean = images.new_tensor(mean).view(1, -1, 1, 1)
-    std = images.new_tensor(std).view(1, -1, 1, 1)
-    return (images - mean) / std
+    """Per channel with Python numbers (a tensor of them would be a host-to-device copy)."""
+    channels = images.unbind(1)
+    mean, std = (list(v) * (len(channels) // len(v)) for v in (mean, std))  # grey: one value
+    return torch.stack([(c - m) / s for c, m, s in zip(channels, mean, std)], dim=1)
 
 
 class BatchAugment:
@@ -332,15 +352,15 @@ class BatchAugment:
         out = color_jitter(out, params.jitter, params.factors, params.order)
         if not spec.gray_before_jitter:
             out = random_grayscale(out, params.gray)
-        out = gaussian_blur(out, params.blur, params.sigma, self.kernel_size)
+        if spec.blur_p > 0:  # a config choice, known on the host: no blur kernels at all
+            out = gaussian_blur(out, params.blur, params.sigma, self.kernel_size)
         return normalize(random_flip(out, params.flip), spec.mean, spec.std)
 
     def __call__(self, images, sizes, views=2, generator=None):
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
-        return [
-            self.apply(images, sample_view(self.spec, sizes.cpu(), generator)) for _ in range(views)
-        ]
+        sizes = sizes.to(images.device, non_blocking=True)  # parameters are drawn there
+        return [self.apply(images, sample_view(self.spec, sizes, generator)) for _ in range(views)]
 
 
 class ToCanvas:
@@ -385,8 +405,9 @@ def canvas_size(source_name, native_size, image_size):
 class DeviceViews:
     """The trainer's step input with ``data.augment_on: gpu``: the loader's ``[canvases,
     sizes]`` (``collate_views`` of ``ToCanvas`` items) -> ``count`` augmented views on
-    ``device``. Parameters are drawn from torch's global CPU generator, which the trainer
-    seeds per epoch, so a resumed run draws what the uninterrupted one did."""
+    ``device``. Parameters are drawn on ``device`` from its default generator, which the
+    trainer seeds per epoch (``torch.manual_seed`` seeds every device), so a resumed run draws
+    what the uninterrupted one did, and no parameter is copied from the host."""
 
     def __init__(self, method, image_size, mean, std, crop_min_scale, count):
         self.augment = BatchAugment(spec_for(method, image_size, mean, std, crop_min_scale))

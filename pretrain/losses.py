@@ -103,16 +103,18 @@ def mochi_negatives(query, hardest, num_pairs, num_query, generator=None):
     return F.normalize(torch.cat([pairs, with_query.to(pairs.dtype)], dim=1), dim=2)
 
 
-def pair_partner(num_anchors):
-    """For 2B stacked embeddings (view 1 then view 2), the index of each one's other view."""
-    half = num_anchors // 2
-    return torch.cat([torch.arange(half, num_anchors), torch.arange(0, half)])
+def pair_partner(anchors, num_anchors):
+    """For 2B stacked embeddings (view 1 then view 2), the index of each anchor's other view."""
+    return (anchors + num_anchors // 2) % num_anchors
 
 
-def in_batch_negative_index(num_anchors, device=None):
-    """(2B, 2B-2) column indices of each anchor's negatives: everyone but itself and its pair."""
-    partner = pair_partner(num_anchors)
-    columns = torch.arange(num_anchors).expand(num_anchors, num_anchors)
-    rows = torch.arange(num_anchors).unsqueeze(1)
-    is_negative = (columns != rows) & (columns != partner.unsqueeze(1))
-    return columns[is_negative].view(num_anchors, num_anchors - 2).to(device)
+def in_batch_negative_index(anchors, num_anchors):
+    """(len(anchors), 2B-2) column indices of each anchor's negatives: every column but itself
+    and its pair, in order. Computed on ``anchors``' device from the row numbers alone: column
+    ``k`` of the result skips one place past the lower of the two and one more past the higher,
+    with no (2B)^2 mask built on the host and copied over every step."""
+    partner = pair_partner(anchors, num_anchors)
+    low = torch.minimum(anchors, partner).unsqueeze(1)
+    high = torch.maximum(anchors, partner).unsqueeze(1)
+    k = torch.arange(num_anchors - 2, device=anchors.device).unsqueeze(0)
+    return k + (k >= low).long() + (k >= high - 1).long()

@@ -9,7 +9,7 @@ Weighting strategies (HCL) also get the share of their normalised weight on same
 
 import torch
 
-from pretrain.distributed import all_reduce_mean
+from pretrain.distributed import all_reduce_sum
 
 
 class FalseNegativeMonitor:
@@ -47,13 +47,19 @@ class FalseNegativeMonitor:
                 self._add("weight_known", (weights * known).sum())
 
     def epoch_stats(self):
-        """``false_negative_share`` (and ``false_negative_weight_share``) since the last call."""
-        totals, stats = self.totals, {}
+        """``false_negative_share`` (and ``false_negative_weight_share``) since the last call.
+
+        The totals are summed over ranks on every rank, whatever each saw: a rank without a
+        labelled pair (STL-10's unlabelled split) still joins the collective, so none waits.
+        """
+        names = ("same", "known", "weight_same", "weight_known")
+        sums = dict(zip(names, all_reduce_sum([self.totals.get(n, 0.0) for n in names])))
         self.reset()
+        stats = {}
         for name, (part, whole) in {
             "false_negative_share": ("same", "known"),
             "false_negative_weight_share": ("weight_same", "weight_known"),
         }.items():
-            if whole in totals and float(totals[whole]) > 0:
-                stats[name] = all_reduce_mean(float(totals[part]) / float(totals[whole]))
+            if sums[whole] > 0:
+                stats[name] = sums[part] / sums[whole]
         return stats

@@ -41,6 +41,13 @@ from pretrain.distributed import (
 from pretrain.errors import PretrainError
 from pretrain.evaluation.knn import extract_features, knn_accuracy
 from pretrain.gpu_augment import DeviceViews, ToCanvas, canvas_size, check_augment_on
+from pretrain.loading import (
+    EpochItems,
+    EpochSampler,
+    item_bytes,
+    prefetch_factor,
+    shared_memory_budget,
+)
 from pretrain.methods import build_method, method_class
 from pretrain.monitor import FalseNegativeMonitor
 from pretrain.samplers import NegativeSampler
@@ -110,26 +117,41 @@ def build_datasets(cfg, method_name, source):
 
 
 def train_loader(dataset, batch_per_rank, epoch, cfg, info):
-    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch, 0))
+    """The training loader, at ``epoch``; later epochs: ``loader.sampler.set_epoch(e)``.
+
+    Its workers live across epochs (``pretrain.loading``: per-item seeds keep runs
+    reproducible) and prefetch as many batches as half the free /dev/shm holds (at most 4).
+    """
+    generator = torch.Generator()
     if info.world_size > 1:
         order = DistributedSampler(
             dataset, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
         )
-        order.set_epoch(epoch)
+        reseed = order.set_epoch
     else:
         order = RandomSampler(dataset, generator=generator)
+
+        def reseed(epoch):
+            generator.manual_seed(epoch_seed(cfg.seed, epoch, 0))
+
+    sampler = EpochSampler(order, reseed)
+    sampler.set_epoch(epoch)
+    items = EpochItems(dataset, cfg.seed)
     workers = cfg.data.num_workers
+    prefetch = None
+    if workers > 0:
+        batch_bytes = item_bytes(items[(0, epoch)][0]) * batch_per_rank
+        prefetch = prefetch_factor(batch_bytes, workers, shared_memory_budget())
     return DataLoader(
-        dataset,
+        items,
         batch_size=batch_per_rank,
-        sampler=order,
+        sampler=sampler,
         drop_last=True,
         num_workers=workers,
         collate_fn=collate_views,
-        generator=generator,
         pin_memory=info.device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch,
     )
 
 
@@ -284,6 +306,15 @@ def train_step(model, views, indices, sampler, optimizer, scheduler, autocast):
     return loss.detach(), stats
 
 
+def device_step(run, views, indices):
+    """A loader batch onto the device, then ``train_step``: the loop's whole work per batch."""
+    views = run.views_on_device(views, run.info.device, run.memory_format)
+    indices = indices.to(run.info.device, non_blocking=True)  # pinned: no wait for the queue
+    return train_step(
+        run.model, views, indices, run.sampler, run.optimizer, run.scheduler, run.autocast
+    )
+
+
 def numeric_scalars(stats):
     """Every number (Python or 0-d tensor) among a method's stats; no name is special."""
     found = {}
@@ -336,6 +367,14 @@ class Training:
         return nullcontext()
 
 
+def tune_cudnn(device):
+    """cuDNN picks its fastest convolution per shape (every step has the same shapes: the
+    loader drops the last partial batch); not when deterministic algorithms are asked for,
+    as the device check's resume comparison does (autotuning may pick differently per run)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+
+
 def build_optimization(cfg, method, steps_per_epoch):
     optimizer = torch.optim.SGD(
         [p for p in method.parameters() if p.requires_grad],
@@ -366,9 +405,12 @@ def build_training(cfg):
     train_set, monitor_train, monitor_test = build_datasets(cfg, cfg.method, source)
     batch_per_rank = check_batch(cfg, len(train_set), info.world_size)
     method_class(cfg.method).check_config(cfg, len(train_set))
-    method = build_method(cfg, len(train_set), source.channels, source.name)
+    method = build_method(
+        cfg, len(train_set), source.channels, source.name, train_set.labels, source.num_classes
+    )
     sampler.check_pool(*method.negative_pool())
     on_gpu = info.device.type == "cuda"
+    tune_cudnn(info.device)
     if info.world_size > 1 and method.sync_batchnorm and on_gpu:  # SyncBN is GPU-only
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     method.to(info.device)
@@ -395,13 +437,14 @@ def build_training(cfg):
         monitor_train=monitor_train,
         monitor_test=monitor_test,
         batch_per_rank=batch_per_rank,
+        loader=None,
         steps_per_epoch=steps_per_epoch,
         optimizer=optimizer,
         scheduler=scheduler,
         memory_format=torch.channels_last if channels_last else torch.preserve_format,
         views_on_device=device_views or views_on_device,
         use_amp=on_gpu and cfg.train.amp,
-        # labels for the false-negative monitor only: the method and the loss never see them
+        # labels for the false-negative monitor (a contrastive method never sees them)
         false_negatives=FalseNegativeMonitor(train_set.labels.to(info.device)),
         meta=checkpoint_meta(cfg, method, source, cfg.data.image_size or source.image_size),
     )
@@ -412,7 +455,7 @@ def wrap_distributed(run):
         on_gpu = run.info.device.type == "cuda"
         run.model = DistributedDataParallel(
             run.method,
-            device_ids=[run.info.local_rank] if on_gpu else None,
+            device_ids=[run.info.device.index] if on_gpu else None,
             broadcast_buffers=False,
         )
         broadcast_buffers_(run.method)  # one bank/queue for all ranks from the start
@@ -438,7 +481,9 @@ def run_epoch(run, epoch, global_step, writer):
     """One pass over the data; returns the epoch's mean scalars and the new global step."""
     cfg, info = run.cfg, run.info
     seed_everything(epoch_seed(cfg.seed, epoch + 1, info.rank))
-    loader = train_loader(run.train_set, run.batch_per_rank, epoch, cfg, info)
+    if run.loader is None:  # built once: its workers live across epochs
+        run.loader = train_loader(run.train_set, run.batch_per_rank, epoch, cfg, info)
+    run.loader.sampler.set_epoch(epoch)
     run.method.train()
     progress = tqdm(
         total=run.steps_per_epoch,
@@ -450,18 +495,11 @@ def run_epoch(run, epoch, global_step, writer):
     )
     window, epoch_sums = ScalarSums(), {}
     images, started = 0, time.perf_counter()
-    for step, (views, _, indices) in enumerate(loader):
+    for step, (views, _, indices) in enumerate(run.loader):
+        if step == 0:  # img/s from the first batch on: worker start-up is not training
+            images, started = 0, time.perf_counter()
         run.sampler.set_epoch(epoch + step / run.steps_per_epoch)
-        views = run.views_on_device(views, info.device, run.memory_format)
-        loss, stats = train_step(
-            run.model,
-            views,
-            indices.to(info.device),
-            run.sampler,
-            run.optimizer,
-            run.scheduler,
-            run.autocast,
-        )
+        loss, stats = device_step(run, views, indices)
         negatives_seen = stats.pop("monitor")
         if step % cfg.train.log_every_steps == 0:  # a sample of steps: it costs a gather
             run.false_negatives.update(negatives_seen)

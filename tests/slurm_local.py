@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,26 @@ def settled_states(job_id, duplicates=False, timeout=60):
         f"job {job_id} to leave the queue",
     )
     return sacct_states(job_id, duplicates)
+
+
+def queue_state(job_id):
+    """squeue's state of a job ('' once it has left the queue)."""
+    listing = subprocess.run(
+        ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True
+    ).stdout
+    return listing.strip()
+
+
+def controller_state_saved(job_id):
+    """Return once slurmctld's saved state holds everything it knew when this was called: a
+    comment set on ``job_id`` now reaches the job_state file only with a save made after it
+    (slurmctld saves a full snapshot within seconds of a change), so a SIGKILL of the
+    controller afterwards undoes nothing done before."""
+    token = f"state-saved-{uuid.uuid4().hex}"
+    update = ["scontrol", "update", f"JobId={job_id}", f"Comment={token}"]
+    subprocess.run(update, check=True, capture_output=True)
+    state = RUN_DIR.parent / "state" / "job_state"
+    wait_until(lambda: token.encode() in state.read_bytes(), 60, "slurmctld to save its state")
 
 
 def tiny_pretraining(output_dir):

@@ -282,3 +282,27 @@ def test_failed_conversion_is_named_with_the_conversion_log(tmp_path):
     outcome = next(o for o in outcomes if o.run == Run("uniform", "mask", 2))
     assert outcome.problem == "checkpoint conversion failed: " + error.splitlines()[-1]
     assert outcome.log == str(conversion_log)
+
+
+def test_attempts_over_requeues_and_resubmissions_are_shown_and_results_counted_once(tmp_path):
+    root = write_sweep_dir(tmp_path / "sweep")
+    directory = Run("ring", "mask", 0).directory(root)
+
+    def job(name, *events):
+        folder = root / "logs" / name
+        folder.mkdir(parents=True)
+        lines = [json.dumps({"event": event, **extra}) for event, extra in events]
+        (folder / "attempts.jsonl").write_text("\n".join(lines) + "\n")
+        pickled = folder / f"{name}_0_result.pkl"
+        return {"job_id": name, "stdout": "-", "result_pickle": str(pickled)}
+
+    launch_failed = {"reason": "the task ended without a result (srun exit status 1)"}
+    first = job("20_0", ("start", {}), ("retry", launch_failed), ("start", {}))
+    second = job("30_0", ("start", {}))  # the sweep rerun resubmitted it
+    (directory / "job.json").write_text(json.dumps({**second, "earlier": [first]}))
+    markdown = markdown_report(leaderboard([root]))
+    assert "4/6 runs finished" in markdown  # one run, one result, however many attempts
+    row = next(line for line in markdown.splitlines() if line.startswith("| ring/mask/seed_0 |"))
+    assert row.startswith("| ring/mask/seed_0 | 3 | the task ended without a result")
+    assert "resubmitted 1 time(s)" in row
+    assert "ring/mask/seed_1 |" not in markdown  # started once (no attempts log): not listed

@@ -83,13 +83,15 @@ LEAVES = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
 @pytest.mark.parametrize("leaf", LEAVES, ids=lambda path: path.stem)
 def test_every_leaf_config_loads_with_its_methods_sampler_defaults(leaf):
     """Leaves compose _base_/{datasets,methods,samplers}; each loads against the schema, and a
-    ring arm gets its method's defaults: 0.1 of a bank/queue, half of SimCLR's in-batch pool."""
+    ring arm gets its method's defaults: 0.1 of a bank/queue, half of SimCLR's in-batch pool.
+    Contrastive leaves are named sampler_method_dataset, the supervised ones method_dataset."""
     from pretrain.trainer import load_pretrain_config
 
     cfg = load_pretrain_config(leaf)
-    arm = leaf.stem.split("_")[0]
+    parts = leaf.stem.split("_")
+    arm, method = ("uniform", parts[0]) if len(parts) == 2 else parts[:2]
     assert cfg.sampler.name == arm.split("-")[0]
-    assert cfg.method == leaf.stem.split("_")[1]
+    assert cfg.method == method
     if arm == "ring":
         expected_upper = 0.5 if cfg.method == "simclr" else 0.1
         assert (cfg.sampler.upper, cfg.sampler.lower_ratio) == (expected_upper, 0.1)

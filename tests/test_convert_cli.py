@@ -88,3 +88,34 @@ def test_only_the_known_warnings_are_silenced():
     # same messages from another module or of another category still show
     assert "FutureWarning: `torch.jit.script` is deprecated elsewhere" in done.stderr
     assert "UserWarning: LINEAR is deprecated, said by us" in done.stderr
+
+
+def test_the_run_time_noise_of_detectron2_runs_is_silenced_and_nothing_else():
+    """torch.meshgrid's indexing warning (Detectron2's anchors), the list-of-arrays warning of
+    its keypoints, the read-only-array warning of its RLE masks and torch's "No CUDA runtime" log
+    line (its environment report): gone; the same from elsewhere, or another line of that logger,
+    still shows."""
+    code = (
+        "import logging, warnings, numpy, torch, transfer\n"
+        "from detectron2.data.detection_utils import annotations_to_instances\n"
+        "from detectron2.structures import Keypoints\n"
+        "torch.meshgrid(torch.arange(2), torch.arange(3))\n"
+        "Keypoints([numpy.zeros((4, 3)), numpy.zeros((4, 3))])\n"
+        "mask = numpy.ones((4, 4), dtype=numpy.uint8)\n"
+        "mask.setflags(write=False)\n"
+        "box = {'bbox': [0, 0, 2, 2], 'bbox_mode': 0, 'category_id': 0, 'segmentation': mask}\n"
+        "annotations_to_instances([box], (4, 4), mask_format='bitmask')\n"
+        "warnings.warn('Creating a tensor from a list of numpy.ndarrays is extremely slow: ours')\n"
+        "warnings.warn('torch.meshgrid: in an upcoming release, said by us', UserWarning)\n"
+        "log = logging.getLogger('torch.utils.cpp_extension')\n"
+        "log.warning(\"No CUDA runtime is found, using CUDA_HOME='/usr/local/cuda'\")\n"
+        "log.warning('another cpp_extension line')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert "said by us" in done.stderr and "another cpp_extension line" in done.stderr
+    assert done.stderr.count("list of numpy.ndarrays") == 1 and "slow: ours" in done.stderr
+    assert "Triggered internally" not in done.stderr and "No CUDA runtime" not in done.stderr
+    assert "not writable" not in done.stderr

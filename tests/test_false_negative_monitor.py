@@ -2,6 +2,9 @@
 
 import copy
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,3 +134,38 @@ def test_shares_accumulate_over_steps_and_need_a_known_negative():
     assert monitor.epoch_stats() == {}  # nothing known: no share rather than 0/0
     monitor.update([{"anchor_ids": torch.tensor([1]), "ids": lambda: torch.tensor([[1, 2]])}])
     assert monitor.epoch_stats() == {"false_negative_share": 1.0}  # one known negative
+
+
+MONITOR_WORKER = """
+import datetime, os
+import torch, torch.distributed as dist
+from pretrain.monitor import FalseNegativeMonitor
+
+# a short timeout: a rank left alone in a collective fails in seconds instead of hanging
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+rank = dist.get_rank()
+# rank 0 holds labelled images, rank 1 only unlabelled ones (STL-10's unlabelled split)
+labels = torch.tensor([0, 0, 1, 1]) if rank == 0 else torch.full((4,), -1)
+monitor = FalseNegativeMonitor(labels)
+negatives = torch.tensor([[1, 2], [3, 3]])
+monitor.update([{"anchor_ids": torch.tensor([0, 2]), "ids": lambda: negatives}])
+stats = monitor.epoch_stats()
+dist.barrier()
+os.write(1, f"rank {rank} share {stats.get('false_negative_share')}\\n".encode())
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_without_labelled_pairs_still_joins_the_reduction(tmp_path):
+    """Two gloo ranks, one unlabelled: both read the pooled share (3 same of 4 known) and
+    neither waits alone in a collective (NCCL would hang there)."""
+    script = tmp_path / "monitor_worker.py"
+    script.write_text(MONITOR_WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", "2", str(script)]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": repo}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(done.stdout.split("\n"))[-2:] == ["rank 0 share 0.75", "rank 1 share 0.75"]

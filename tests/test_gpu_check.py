@@ -62,3 +62,53 @@ def test_the_gpu_check_without_a_gpu_is_one_line_with_the_fix(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         "error: no CUDA GPU is visible; run with --tiny to check on the CPU"
     )
+
+
+def test_the_carry_refuses_a_wheel_the_devices_python_cannot_install(tmp_path, capsys):
+    """prepare_gpu_carry.sh falls back to building a wheel here (Python 3.11) when PyPI has no
+    cp312 one: that wheel must stop the script, named, not fail on the device."""
+    import carry_wheels
+
+    wheels, logs = tmp_path / "wheels", tmp_path / "logs"
+    wheels.mkdir(), logs.mkdir()
+    for name in (
+        "fvcore-0.1.5.post20221221-py3-none-any.whl",
+        "pycocotools-2.0.11-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+        "some_abi3-1.0-cp38-abi3-manylinux_2_28_x86_64.whl",
+        "six-1.16.0-py2.py3-none-any.whl",
+    ):
+        (wheels / name).touch()
+    assert carry_wheels.main([str(wheels)]) == 0
+    (wheels / "faster_coco_eval-1.6.5-cp311-cp311-linux_x86_64.whl").touch()
+    (logs / "faster_coco_eval.log").write_text("ERROR: No matching distribution found\n")
+    assert carry_wheels.main([str(wheels), "--log-dir", str(logs)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: faster_coco_eval: faster_coco_eval-1.6.5-cp311-cp311-")
+    assert "(PyPI download: ERROR: No matching distribution found)" in error
+    assert len(error.splitlines()) == 1
+
+
+def test_the_bf16_check_fails_on_a_wrong_cast_path(tmp_path, monkeypatch):
+    """With MoCo's similarities and loss left to autocast (bf16 on the CPU too), the loss
+    moves by well under bf16's noise threshold: the check must see the dtypes instead."""
+    import contextlib
+
+    import gpu_check_parts
+
+    import pretrain.methods.moco as moco
+
+    assert gpu_check_parts.bf16_agreement("tiny", tmp_path)["headline"]["loss dtypes"]
+    monkeypatch.setattr(moco, "full_precision", lambda tensor: contextlib.nullcontext())
+    with pytest.raises(RuntimeError, match=r"bf16 autocast reached the loss \(uniform\): \['sim"):
+        gpu_check_parts.bf16_agreement("tiny", tmp_path)
+
+
+def test_seconds_per_iteration_reads_only_the_last_run_of_metrics_json(tmp_path):
+    """Detectron2 appends to metrics.json: a rerun's lines follow the earlier run's."""
+    import gpu_check_parts
+
+    lines = [{"iteration": i, "time": 1.0} for i in (19, 39, 49)]
+    lines += [{"iteration": 49, "bbox/AP": 1.0}]  # the evaluation line has no time
+    lines += [{"iteration": i, "time": t} for i, t in ((19, 0.2), (39, 0.3), (49, 0.2))]
+    (tmp_path / "metrics.json").write_text("\n".join(json.dumps(line) for line in lines))
+    assert gpu_check_parts.seconds_per_iteration(tmp_path) == 0.2

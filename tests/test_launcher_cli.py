@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from launcher.sweep import load_sweep, planned_runs
 
@@ -75,9 +76,10 @@ def test_example_sweeps_are_valid(tmp_path, monkeypatch):
     examples = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
     assert examples
     for example in examples:
-        for line in example.read_text().splitlines():
-            if line.strip().startswith(("ring:", "uniform:")):
-                checkpoint = tmp_path / line.split(":", 1)[1].strip()
+        for entry in yaml.safe_load(example.read_text())["checkpoints"].values():
+            path = entry.get("path") if isinstance(entry, dict) else entry
+            if path and path.endswith((".pth", ".pkl", ".pt")):
+                checkpoint = tmp_path / path
                 checkpoint.parent.mkdir(parents=True, exist_ok=True)
                 checkpoint.touch()
         spec = load_sweep(example)

@@ -23,10 +23,12 @@ from pretrain.losses import (
     debiased_nce,
     hard_debiased_nce,
     hardness_weights,
+    in_batch_negative_index,
     info_nce,
     mochi_negatives,
+    pair_partner,
 )
-from pretrain.methods import METHODS
+from pretrain.methods import CONTRASTIVE, METHODS
 from pretrain.samplers import NegativeSampler
 from pretrain.trainer import as_config
 
@@ -403,7 +405,7 @@ def test_hcl_within_the_ring_weighs_the_ring(count, tiny_config):
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(CONTRASTIVE))
 @pytest.mark.parametrize(
     "strategy",
     [
@@ -520,3 +522,17 @@ def test_mochi_synthetic_negatives_carry_no_gradient():
     logits = torch.einsum("bd,bkd->bk", query, mixes)
     (grad,) = torch.autograd.grad(logits.sum(), query)
     torch.testing.assert_close(grad, mixes.sum(dim=1))
+
+
+@pytest.mark.parametrize("size", [4, 6, 10, 64])
+def test_in_batch_negatives_are_every_column_but_the_anchor_and_its_pair(size):
+    """The arithmetic index (SimCLR's, built on the device per step) against its definition,
+    for all rows and for one rank's rows."""
+    rows = torch.arange(size)
+    pair = (rows + size // 2) % size
+    columns = rows.expand(size, size)
+    wanted = columns[(columns != rows[:, None]) & (columns != pair[:, None])].view(size, -1)
+    assert torch.equal(pair_partner(rows, size), pair)
+    assert torch.equal(in_batch_negative_index(rows, size), wanted)
+    mine = torch.cat([rows[: size // 4], rows[size // 2 : size // 2 + size // 4]])
+    assert torch.equal(in_batch_negative_index(mine, size), wanted[mine])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pretrain.errors import PretrainError
-from pretrain.methods import METHODS, build_method, method_class
+from pretrain.methods import CONTRASTIVE, METHODS, build_method, method_class
 from pretrain.methods.base import MemoryBank, projection_head
 from pretrain.monitor import FalseNegativeMonitor
 from pretrain.samplers import NegativeSampler
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 )
 def test_config_checks_refuse_below_the_bound_and_accept_it(name, key, value, message, tiny_config):
     section, field = key.split(".")
+    if name == "moco":  # a one-entry queue takes a one-image batch (see the test below)
+        tiny_config["optim"]["batch_size"] = 1
     for bad, ok in ((value, value + 1),):
         tiny_config[section] = {**tiny_config.get(section, {}), field: bad}
         with pytest.raises(PretrainError, match=f"^{message}"):
@@ -61,7 +63,7 @@ HEADS = {"ir": ["head"], "cmc": ["head_l", "head_ab"], "moco": ["head_q", "head_
          "simclr": ["head"]}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(CONTRASTIVE))
 def test_model_hidden_dim_reaches_every_head(name, tiny_config):
     model = {**tiny_config["model"], "head": "mlp", "hidden_dim": 12}
     method = METHODS[name](as_config({**tiny_config, "method": name, "model": model}), 40)
@@ -103,7 +105,7 @@ def test_cmc_features_are_both_views_concatenated(tiny_config):
         torch.testing.assert_close(method.features(lab), expected)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(CONTRASTIVE))
 def test_the_monitor_reads_each_anchor_against_its_own_negatives(name, tiny_config):
     """Through each method's forward and its uniform pool: the ids it hands the monitor are the
     anchors' dataset indices and their negatives', so labels equal to the dataset index give a
@@ -127,3 +129,47 @@ def test_the_monitor_reads_each_anchor_against_its_own_negatives(name, tiny_conf
     assert shares == [0.0, 1.0]
     expected = {"ir": 32, "cmc": 32, "moco": 64, "simclr": 14}[name]
     assert stats["negatives_per_anchor"] == expected
+
+
+def test_moco_refuses_a_global_batch_larger_than_its_queue(tiny_config):
+    """Each step enqueues the whole global batch; a larger one cannot fit (a shape error
+    mid-run before this check)."""
+    tiny_config["optim"]["batch_size"] = 65  # the queue holds 64
+    with pytest.raises(PretrainError, match=r"^optim.batch_size=65 \(global\) exceeds moco.qu"):
+        METHODS["moco"].check_config(as_config(tiny_config), 1000)
+    tiny_config["optim"]["batch_size"] = 64
+    METHODS["moco"].check_config(as_config(tiny_config), 1000)
+
+
+def test_moco_queue_wraps_around_with_the_pointer_on_the_device(tiny_config):
+    moco = METHODS["moco"](as_config({**tiny_config, "moco": {"queue_size": 5}}), 40)
+    keys = torch.nn.functional.normalize(torch.randn(9, 16), dim=1)
+    for start in (0, 3, 6):
+        moco.enqueue(keys[start : start + 3], torch.arange(start, start + 3))
+    assert moco.queue_ptr.item() == 4  # 9 keys into 5 slots
+    assert moco.queue_ids.tolist() == [5, 6, 7, 8, 4]
+    torch.testing.assert_close(moco.queue[:4], keys[5:])
+
+
+def test_moco_splits_the_key_batch_into_bn_groups_by_default_in_one_process(tiny_config):
+    """One BN group over the whole key batch would let a query find its key through batch
+    statistics; by default one process splits it (4 groups), as shuffle-BN does across GPUs."""
+    tiny_config["moco"] = {"queue_size": 64}  # shuffle_bn_splits left at its default
+    moco = METHODS["moco"](as_config(tiny_config), 40)
+    assert moco.key_bn_groups() == 4
+    moco.key, moco.head_k = nn.Flatten(), nn.BatchNorm1d(12, affine=False)  # keys: BN only
+    images = torch.randn(8, 3, 2, 2)
+    torch.manual_seed(0)
+    keys = moco.encode_keys(images)
+    one_group = torch.nn.functional.normalize(moco.head_k(images.flatten(1)), dim=1)
+    assert not torch.allclose(keys, one_group, atol=1e-3)
+    torch.manual_seed(0)
+    order = torch.randperm(8)
+    groups = [moco.head_k(images[part].flatten(1)) for part in order.chunk(4)]
+    torch.testing.assert_close(keys[order], torch.nn.functional.normalize(torch.cat(groups), dim=1))
+
+
+def test_moco_bn_groups_must_be_positive(tiny_config):
+    tiny_config["moco"] = {"queue_size": 64, "shuffle_bn_splits": 0}
+    with pytest.raises(PretrainError, match="^moco.shuffle_bn_splits must be null or >= 1, got 0"):
+        METHODS["moco"].check_config(as_config(tiny_config), 64)

@@ -12,15 +12,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from fault_points import HELD_FILE, RELEASE_FILE, HeldPretrainJob, HeldProbeJob, hold_after
 from slurm_local import (
     RUN_DIR,
     START,
     cluster_started,
+    queue_state,
     run_script,
     settled_states,
     tiny_pretraining,
@@ -32,7 +33,7 @@ from launcher.errors import LauncherError
 from launcher.executors import Resources, make_executor, submit, unique_log_folder
 from launcher.jobs import distributed_environment, rendezvous_port
 from launcher.probe import ProbeJob, read_progress
-from launcher.sweep import load_sweep, submit_sweep
+from launcher.sweep import load_sweep, planned_runs, submit_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -77,15 +78,22 @@ def test_start_is_idempotent_and_restarts_a_dead_daemon(cluster):
     assert "\nSchedulerParameters=" in conf.read_text()
 
 
-def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster):
+def jobs_import_tests(monkeypatch):
+    """Jobs inherit the submitting environment: tests/ on their path for fault_points."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
+
+
+def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster, monkeypatch):
     workdir = cluster / "preempted"
+    hold_after(workdir, 6)  # the probe waits after step 6's checkpoint: preempted mid-run
+    jobs_import_tests(monkeypatch)
     executor, resources = probe_executor(cluster / "logs")
-    job = submit(executor, resources, ProbeJob(), str(workdir), 24, 0.3)
-    wait_until(lambda: read_progress(workdir) >= 6, 60, "the probe to pass step 6")
+    job = submit(executor, resources, HeldProbeJob(), str(workdir), 24)
+    wait_until((workdir / HELD_FILE).is_file, 120, "the probe to hold after step 6")
     preempt(job.job_id, job.paths.stdout)
     result = job.result()  # waits through the requeue (cred_expire) and the second run
     uninterrupted = ProbeJob()(cluster / "uninterrupted", 24)
-    assert result["resumed_from_step"] >= 6
+    assert result["resumed_from_step"] == 6
     assert result["digest"] == uninterrupted["digest"]
     assert result["loss"] == uninterrupted["loss"]
     states = settled_states(job.job_id, duplicates=True)
@@ -93,19 +101,33 @@ def test_preempted_job_requeues_and_resumes_to_the_uninterrupted_result(cluster)
     assert "preempted" in Path(job.paths.stdout).read_text()
 
 
-def test_cancelled_job_stops_and_is_recorded_cancelled(cluster):
+def job_processes(job_id):
+    """Live processes started for a Slurm job (Slurm sets SLURM_JOB_ID in their environment)."""
+    marker = f"SLURM_JOB_ID={job_id}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                found.append(environ.parent.name)
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_cancelled_job_stops_and_is_recorded_cancelled(cluster, monkeypatch):
     workdir = cluster / "cancelled"
+    hold_after(workdir, 2)
+    jobs_import_tests(monkeypatch)
     executor, resources = probe_executor(cluster / "logs")
-    job = submit(executor, resources, ProbeJob(), str(workdir), 10_000, 0.2)
-    wait_until(lambda: read_progress(workdir) >= 2, 60, "the probe to start")
+    job = submit(executor, resources, HeldProbeJob(), str(workdir), 10)
+    wait_until((workdir / HELD_FILE).is_file, 120, "the probe to hold after step 2")
     job.cancel()
     assert settled_states(job.job_id) == ["CANCELLED"]
     assert job.state.startswith("CANCELLED")  # submitit adds "by <uid>"
     # submitit ignores the SIGTERM of scancel; Slurm kills the job KillWait (5 s) later
     wait_until(lambda: squeue_lists(job.job_id) is False, 30, "the job to leave squeue")
-    frozen = read_progress(workdir)
-    time.sleep(2.0)
-    assert read_progress(workdir) == frozen < 10_000
+    assert job_processes(job.job_id) == []  # nothing left that could go on
+    assert read_progress(workdir) == 2
 
 
 def run_submit(*args, **env):
@@ -184,38 +206,47 @@ def preempt(job_id, log_path):
     subprocess.run(["scancel", "--signal", "USR2", job_id], check=True)
 
 
-def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster):
-    config = cluster / "pretrain.yaml"
+PRETRAIN_OVERRIDES = [
+    "device=cpu",
+    "model.width=0.125",
+    "model.embedding_dim=16",
+    "moco.queue_size=64",
+    "data.name=synthetic",
+    "data.num_workers=0",
+    "data.synthetic.train_count=64",
+    "optim.batch_size=16",
+    "train.progress=false",
+    "train.tensorboard=false",
+    "knn.every_epochs=0",
+    "checkpoint.every_epochs=1",
+]
+
+
+def pretrain_config(folder):
+    config = folder / "pretrain.yaml"
     config.write_text(yaml.safe_dump({"method": "moco"}))
-    overrides = [
-        "device=cpu",
-        "model.width=0.125",
-        "model.embedding_dim=16",
-        "moco.queue_size=64",
-        "data.name=synthetic",
-        "data.num_workers=0",
-        # 16 steps an epoch: the preemption lands well before the last epoch ends
-        "data.synthetic.train_count=256",
-        "optim.batch_size=16",
-        "optim.epochs=4",
-        "train.progress=false",
-        "train.tensorboard=false",
-        "knn.every_epochs=0",
-        "checkpoint.every_epochs=1",
-    ]
+    return config
+
+
+def submit_held_pretraining(cluster, monkeypatch, overrides, output):
+    """A Slurm pretraining job that holds after its epoch 1 checkpoint until released."""
+    hold_after(output, 1)
+    jobs_import_tests(monkeypatch)
+    resources = Resources(job_name="pretrain", tasks_per_node=1, **SMALL)
+    executor = make_executor("slurm", unique_log_folder(cluster / "logs", "pretrain"), resources)
+    arguments = (str(pretrain_config(cluster)), [*overrides, f"output_dir={output}"])
+    job = submit(executor, resources, HeldPretrainJob(), *arguments)
+    wait_until((output / HELD_FILE).is_file, 300, "the pretraining to hold after epoch 1")
+    return job
+
+
+def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster, monkeypatch):
+    config, overrides = pretrain_config(cluster), [*PRETRAIN_OVERRIDES, "optim.epochs=3"]
     output = cluster / "pretrain_slurm"
-    command = [sys.executable, str(REPO / "tools" / "submit.py"), "pretrain", "--config", config]
-    command += ["--gpus-per-node", "0", "--cpus-per-task", "1", "--mem-gb", "3", "--wait"]
-    command += [*overrides, f"output_dir={output}"]
-    submitter = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, text=True)
-    _, job_id, _, log_path = submitter.stdout.readline().split()  # "job <id>: log <path>"
-    job_id = job_id.rstrip(":")
-    checkpoints = output / "checkpoints"
-    wait_until(lambda: (checkpoints / "epoch_0001.pth").is_file(), 120, "epoch 1's checkpoint")
-    preempt(job_id, log_path)
-    result = json.loads(submitter.stdout.read().strip().splitlines()[-1])
-    assert submitter.wait(timeout=60) == 0
-    assert "REQUEUED" in settled_states(job_id, duplicates=True)
+    job = submit_held_pretraining(cluster, monkeypatch, overrides, output)
+    preempt(job.job_id, job.paths.stdout)
+    result = job.result()
+    assert "REQUEUED" in settled_states(job.job_id, duplicates=True)
 
     # the reference: the same run, uninterrupted, as a local process (same thread count)
     reference = run_submit(
@@ -224,9 +255,51 @@ def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster):
     )  # fmt: skip
     assert reference.returncode == 0, reference.stderr
     uninterrupted = json.loads(reference.stdout.strip().splitlines()[-1])
-    assert result["epoch"] == 4 and result["loss"] == uninterrupted["loss"]
-    log = next((output / "submitit").glob(f"*/{job_id}/{job_id}_0_log.out")).read_text()
-    assert "resumed from" in log
+    assert result["epoch"] == 3 and result["loss"] == uninterrupted["loss"]
+    assert "resumed from" in Path(job.paths.stdout).read_text()
+
+
+def test_watch_evaluates_each_checkpoint_of_a_running_pretraining_once(cluster, monkeypatch):
+    output, sweep_dir = cluster / "watched", cluster / "watch_sweep"
+    job = submit_held_pretraining(
+        cluster, monkeypatch, [*PRETRAIN_OVERRIDES, "optim.epochs=2"], output
+    )
+    sweep_file = cluster / "watch.yaml"
+    light = ["SOLVER.MAX_ITER", 2, "MODEL.FPN.OUT_CHANNELS", 32, "MODEL.ROI_BOX_HEAD.FC_DIM", 64]
+    sweep_file.write_text(
+        yaml.safe_dump(
+            {
+                "checkpoints": {"scratch": "random"},
+                "tasks": {"mask": {"config": str(TINY_TRANSFER), "opts": light}},
+                "seeds": [0, 1],
+                "output_dir": str(sweep_dir),
+                "resources": SMALL,
+            }
+        )
+    )
+    command = [sys.executable, str(REPO / "tools" / "submit.py"), "watch", str(output)]
+    command += ["--sweep", str(sweep_file), "--poll-s", "0.5"]
+    # epoch 1's runs (with the reference) go while the pretraining is still held after it
+    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert watcher.stdout.readline().startswith("watching")
+    assert watcher.stdout.readline().strip() == "scratch: submitted 2 run(s)"
+    assert watcher.stdout.readline().strip() == "epoch_0001: submitted 2 run(s)"
+    assert queue_state(job.job_id) == "RUNNING"
+    first = (sweep_dir / "runs" / "epoch_0001" / "mask" / "seed_0" / "job.json").read_text()
+    # the watch dies; restarted, it goes on from its state on disk
+    watcher.kill()
+    watcher.wait()
+    (output / RELEASE_FILE).touch()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "epoch_0002: submitted 2 run(s)" in again.stdout
+    assert "epoch_0001: submitted" not in again.stdout  # each checkpoint at most once
+    assert (sweep_dir / "runs" / "epoch_0001" / "mask" / "seed_0" / "job.json").read_text() == first
+    assert job.result()["finished"]
+    assert "6/6 runs finished" in again.stdout
+    rows = [line.split("|")[1].strip() for line in again.stdout.splitlines() if "| epoch_" in line]
+    assert rows == ["epoch_0001", "epoch_0002"]
+    assert (sweep_dir / "results_by_epoch.png").stat().st_size > 0
 
 
 def write_sweep_file(folder, checkpoint, output_dir, tasks):
@@ -277,12 +350,33 @@ def test_sweep_is_one_job_array_and_failures_are_reported_beside_results(cluster
     assert "seeds)" not in ring_row  # every mask seed counted
     assert (sweep_dir / "results.png").is_file() and (sweep_dir / "results.csv").is_file()
 
+    # one-command recovery: the rerun sweep resubmits exactly the runs without results, and
+    # while those are queued (the partition holds them) a further rerun submits nothing
+    set_partition_state("DOWN")
+    try:
+        skipped, resubmitted = submit_sweep(spec, "slurm", resources)
+        assert [run.label for run, _ in resubmitted] == [f"ring/coco/seed_{s}" for s in (0, 1, 2)]
+        assert [run.label for run in skipped] == [f"ring/mask/seed_{s}" for s in (0, 1, 2)]
+        assert submit_sweep(spec, "slurm", resources) == (planned_runs(spec), [])
+    finally:
+        set_partition_state("UP")
+    for _, job in resubmitted:
+        job.wait()
+    markdown, missing = write_reports(sweep_dir)
+    assert len(missing) == 3  # the same failure again, each run listed once
+    for seed in (0, 1, 2):
+        assert f"| ring/coco/seed_{seed} | 2 | resubmitted 1 time(s)" in markdown
+
     # re-running the finished part of the sweep submits nothing
     finished_only = load_sweep(
         write_sweep_file(cluster, checkpoint, sweep_dir, {"mask": tasks["mask"]})
     )
     skipped, submitted = submit_sweep(finished_only, "slurm", resources)
     assert (len(skipped), submitted) == (3, [])
+
+
+def set_partition_state(state):
+    subprocess.run(["scontrol", "update", "PartitionName=debug", f"State={state}"], check=True)
 
 
 def test_same_sweep_runs_without_slurm_with_cluster_local(cluster):
@@ -318,13 +412,10 @@ def test_fast_demo_runs_its_transfer_as_one_slurm_job_array(cluster):
     records = [
         json.loads(path.read_text()) for path in (run_dir / "sweep" / "runs").glob("*/*/*/job.json")
     ]
-    assert len(records) == 4  # {uniform, ring} x {mask, keypoints}
+    assert len(records) == 6  # {random, uniform, ring} x {scenes, photos}, one seed
     assert len({record["job_id"].split("_")[0] for record in records}) == 1
     for record in records:
         assert settled_states(record["job_id"]) == ["COMPLETED"]
-    table = (run_dir / "results.md").read_text().splitlines()
-    assert [line.split("|")[1].strip() for line in table[2:]] == [
-        "raw pixels",
-        "uniform-MoCo",
-        "ring-MoCo",
-    ]
+    headline = (run_dir / "results.md").read_text().split("Real-photo check")[0]
+    rows = [line.split("|")[1].strip() for line in headline.splitlines() if line[:2] == "| "]
+    assert rows[1:] == ["raw pixels", "random init", "uniform-MoCo", "ring-MoCo"]

@@ -58,16 +58,16 @@ def test_compare_negatives_reports_a_bad_preset_in_one_line(tmp_path, capsys):
 def test_demo_budgets_are_read_from_configs_demo():
     fast = selected_budget({"DEMO_FAST": "1"})
     full = selected_budget({})
-    assert isinstance(fast, Budget) and fast.epochs == 1 and fast.mask_iters == 4
-    assert full.train_images == 30000 and full.epochs == 4
+    assert isinstance(fast, Budget) and fast.epochs == 1 and fast.scenes_iters == 4
+    assert full.train_images == 15000 and full.scenes_iters == 150
     assert selected_budget({"DEMO_BUDGET": str(REPO / "configs/demo/fast.yaml")}) == fast
 
 
 def test_a_bad_demo_budget_names_every_problem(tmp_path):
     path = tmp_path / "budget.yaml"
-    path.write_text("train_images: 100\nepochs: 0\nmask_iter: 3\n")
+    path.write_text("train_images: 100\nepochs: 0\nscenes_iter: 3\n")
     with pytest.raises(ConfigError) as caught:
         load_budget(path)
     message = str(caught.value)
-    assert "unknown mask_iter" in message and "missing eval_train_images" in message
+    assert "unknown scenes_iter" in message and "missing eval_train_images" in message
     assert "not a positive integer: epochs" in message and os.linesep not in message

@@ -37,12 +37,15 @@ for name in "${NAMES[@]}"; do
   [[ -n $version ]] || { echo "error: $name is not installed in $PY's environment; run make setup" >&2; exit 1; }
   PACKAGES+=("$name==$version")
 done
+LOGS=$CARRY/download-logs
+mkdir -p "$LOGS"
+wheel_name() { local name=${1%%=*}; echo "${name//-/_}"; }  # as a wheel's file name spells it
 for package in "${PACKAGES[@]}"; do
   # a cp312 / pure-Python wheel if PyPI has one, else (fvcore, antlr4: sdists of pure Python)
-  # a wheel built here from the sdist
+  # a wheel built here from the sdist; the download's output is kept for the check below
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d "$CARRY/wheels" "$package" 2>/dev/null ||
+    --platform manylinux2014_x86_64 -d "$CARRY/wheels" "$package" >"$LOGS/$(wheel_name "$package").log" 2>&1 ||
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$CARRY/wheels" "$package"
 done
 
@@ -64,6 +67,11 @@ with tempfile.TemporaryDirectory() as tmp:
             path.write_text(text.replace("Image.LINEAR", "Image.BILINEAR"))
     pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src))
 EOF
+
+# a wheel built here (sdists, Detectron2) is for this Python (3.11): fail now, naming the
+# package, unless every wheel is cp312, abi3 or py3-none-any
+"$PY" tools/carry_wheels.py "$CARRY/wheels" --log-dir "$LOGS"
+rm -rf "$LOGS"
 
 cp "$FMNIST"/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz "$CARRY/data/fashion-mnist/"
 "$PY" -c "from transfer.fixtures import labelme_coco_dir; labelme_coco_dir()"  # present here

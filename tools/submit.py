@@ -6,6 +6,7 @@
         --gpus-per-node 8 MODEL.WEIGHTS runs/w.pkl OUTPUT_DIR runs/transfer/ring
     python tools/submit.py sweep configs/sweeps/example.yaml --array-parallelism 8
     python tools/submit.py probe --workdir runs/probe --steps 60 --cluster slurm --wait
+    python tools/submit.py watch runs/pretrain/ring --sweep configs/sweeps/tiny_fmnist.yaml
 
 ``--cluster slurm`` (default) queues on Slurm; ``local`` runs the same jobs as processes on this
 machine; ``debug`` runs them inside this process (for pdb). Jobs requeue themselves on
@@ -13,6 +14,7 @@ preemption or time limit and resume from their last checkpoint. Errors are one l
 """
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -47,6 +49,12 @@ def resource_options():
         help=f"requeues after hitting the time limit (default {DEFAULTS.max_timeouts}; "
         "preemptions: unlimited)",
     )
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        help=f"requeues after an infrastructure failure (default {DEFAULTS.max_retries}; "
+        "a task's own error is never retried)",
+    )
     group.add_argument("--job-name")
     group.add_argument(
         "--array-parallelism",
@@ -76,6 +84,13 @@ def parse_args(argv=None):
     )
     sweep.add_argument("sweep_file")
     sweep.add_argument("--output-dir", help="sweep directory (default: the file's output_dir)")
+    watch = commands.add_parser(
+        "watch", parents=[common], help="evaluate each checkpoint of a running pretraining"
+    )
+    watch.add_argument("run_dir", help="the pretraining's output_dir")
+    watch.add_argument("--sweep", required=True, help="sweep file: tasks, seeds, resources")
+    watch.add_argument("--output-dir", help="sweep directory (default: the file's output_dir)")
+    watch.add_argument("--poll-s", type=float, default=60.0, help="seconds between looks")
     probe = commands.add_parser("probe", parents=[common], help="check requeue/resume works")
     probe.add_argument("--workdir", required=True)
     probe.add_argument("--steps", type=int, default=60)
@@ -157,6 +172,18 @@ def run_sweep(args):
     return 0
 
 
+def run_watch(args):
+    from launcher.watch import watch
+
+    spec = load_sweep(args.sweep)
+    sweep_dir = Path(args.output_dir).resolve() if args.output_dir else Path(spec["output_dir"])
+    resources = resources_from(args, "ring-nce-watch", 1, spec["resources"])
+    print(f"watching {args.run_dir}: each new checkpoint's runs go to {sweep_dir}", flush=True)
+    say = functools.partial(print, flush=True)
+    print(watch(args.run_dir, spec, args.cluster, resources, sweep_dir, args.poll_s, say), end="")
+    return 0
+
+
 def report_jobs(jobs, wait):
     for job in jobs:
         print(f"job {job.job_id}: log {job.paths.stdout}")
@@ -182,6 +209,8 @@ def main(argv=None):
     submitters = {"pretrain": submit_pretrain, "transfer": submit_transfer, "probe": submit_probe}
     if args.command == "sweep":
         return run_sweep(args)
+    if args.command == "watch":
+        return run_watch(args)
     jobs = submitters[args.command](args)
     return report_jobs(jobs, args.wait or args.cluster == "debug")
 

@@ -1,7 +1,7 @@
 """Train and evaluate a Detectron2 transfer run: ``run(config_file, opts, ...) -> results``.
 
 Everything a run needs is checked in the launching process (``transfer.config.build_config`` and
-``transfer.datasets.prepare_datasets``) before Detectron2's ``launch`` starts workers. Results go
+``transfer.datasets.prepare_datasets``) before ``transfer.launch`` starts workers. Results go
 to ``OUTPUT_DIR/results.json`` (AP per task of the first test dataset) beside Detectron2's
 ``metrics.json``, ``config.yaml``, ``log.txt`` and checkpoints.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.modeling.backbone.resnet import ResNet
 from detectron2.utils import comm
@@ -26,6 +26,7 @@ from transfer.checkpointer import RecordingCheckpointer
 from transfer.config import TransferError, build_config, notice
 from transfer.datasets import prepare_datasets
 from transfer.evaluation import FasterCOCOEvaluator
+from transfer.launch import launch
 from transfer.modeling import res5_head_parameter_prefix
 from transfer.user_datasets import check_against_config, register_user_datasets
 

@@ -80,6 +80,7 @@ class ContrastiveMethod(nn.Module):
     num_views = 1
     default_encoder = "encoder"
     needs_colour = False
+    uses_labels = False  # only the supervised reference is handed the training labels
     sync_batchnorm = False  # SimCLR: statistics over the global batch under DDP
 
     def encoders(self):

@@ -56,8 +56,8 @@ class SimCLR(ContrastiveMethod):
         rank = dist.get_rank() if is_distributed() else 0
         mine = torch.arange(rank * batch, (rank + 1) * batch, device=z.device)
         anchors = torch.cat([mine, mine + first.shape[0]])
-        partner = pair_partner(everyone.shape[0]).to(z.device)[anchors]
-        negative_index = in_batch_negative_index(everyone.shape[0], z.device)[anchors]
+        partner = pair_partner(anchors, everyone.shape[0])
+        negative_index = in_batch_negative_index(anchors, everyone.shape[0])
         ids = gather_no_grad(indices).repeat(2)  # dataset index of every stacked view
         with full_precision(z):
             similarity = everyone[anchors] @ everyone.T

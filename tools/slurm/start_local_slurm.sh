@@ -168,7 +168,9 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1000
 ReturnToService=2
 SlurmctldTimeout=30
-SlurmdTimeout=30
+# 0: a node is never set DOWN (nor left out of step launches) for not answering pings; a test
+# that kills a slurmd decides by its own events when it is back, no timer races with it
+SlurmdTimeout=0
 InactiveLimit=0
 MinJobAge=300
 KillWait=5

@@ -1,6 +1,6 @@
 """The classification tasks' error type: bad input told in one line with its fix."""
 
-from pretrain.errors import nearest_name
+from pretrain.errors import check_known_keys
 from transfer.errors import TransferError
 
 
@@ -10,8 +10,4 @@ class ClassificationError(TransferError):
 
 def check_keys(mapping, allowed, where):
     """Refuse a key outside ``allowed``, naming the nearest valid one."""
-    for key in mapping:
-        if key not in allowed:
-            near = nearest_name(key, allowed)
-            hint = f"did you mean '{near}'?" if near else f"valid keys: {', '.join(allowed)}"
-            raise ClassificationError(f"unknown key '{key}' in {where}; {hint}")
+    check_known_keys(mapping, allowed, where, ClassificationError)
