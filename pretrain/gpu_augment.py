@@ -55,7 +55,7 @@ def spec_for(method, image_size, mean, std, crop_min_scale=0.2):
         return AugmentSpec(
             **common, jitter=(0.4,) * 4, jitter_p=1.0, gray_before_jitter=True, blur_p=0.0
         )
-    if method in ("moco", "simclr"):
+    if method in ("moco", "simclr", "supervised"):
         # MoCo v2's blur only from 64 px: at 28-32 px it erases the image (as the CPU pipeline)
         return AugmentSpec(**common, blur_p=0.5 if image_size >= 64 else 0.0)
     raise PretrainError(

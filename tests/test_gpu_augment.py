@@ -34,7 +34,9 @@ def cpu_steps(method, image_size):
     return steps
 
 
-@pytest.mark.parametrize("method,size", [("moco", 224), ("simclr", 96), ("moco", 32), ("ir", 32)])
+@pytest.mark.parametrize(
+    "method,size", [("moco", 224), ("simclr", 96), ("moco", 32), ("ir", 32), ("supervised", 32)]
+)
 def test_spec_reads_the_cpu_pipelines_parameters(method, size):
     spec, steps = spec_for(method, size, MEAN, STD), cpu_steps(method, size)
     crop = steps["RandomResizedCrop"][1]
