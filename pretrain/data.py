@@ -352,7 +352,7 @@ def eval_resize(image_size):
 
 
 def augmentation(method, image_size, mean, std, crop_min_scale=0.2):
-    """The training augmentation of ``method``: MoCo v2's for moco/simclr/supervised, IR's, CMC's."""
+    """The training augmentation of ``method``: MoCo v2's (moco, simclr, supervised), IR's, CMC."""
     crop = T.RandomResizedCrop(image_size, scale=(crop_min_scale, 1.0))
     if method == "cmc":  # colour is the signal CMC predicts across views: no jitter
         return T.Compose([crop, T.RandomHorizontalFlip(), ToNormalizedLab()])
