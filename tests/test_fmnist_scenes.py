@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from pycocotools import mask as mask_utils
 
 from transfer import scenes
 from transfer.config import TransferError, build_config
@@ -18,7 +16,7 @@ from transfer.evaluation import FasterCOCOEvaluator
 from transfer.user_datasets import check_against_config
 
 from detectron2.data import DatasetCatalog  # isort: skip  (after transfer: _C fallback)
-from detectron2.structures import BitMasks, BoxMode, Boxes, Instances  # isort: skip
+from ground_truth import ground_truth_as_predictions  # isort: skip
 
 MASK_CONFIG = "configs/transfer/fmnist_scenes_mask_rcnn_R18_FPN.yaml"
 KEYPOINT_CONFIG = "configs/transfer/fmnist_scenes_keypoint_rcnn_R18_FPN.yaml"
@@ -125,20 +123,6 @@ def test_visible_masks_of_a_scene_never_overlap():
         assert len(instances) >= 1 and total.max() <= 1
 
 
-def as_predictions(record):
-    annotations = record["annotations"]
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
-    instances = Instances((record["height"], record["width"]))
-    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-    instances.scores = torch.ones(len(annotations))
-    instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
-    masks = [mask_utils.decode(a["segmentation"]) for a in annotations]
-    instances.pred_masks = BitMasks(torch.tensor(np.stack(masks), dtype=torch.bool)).tensor
-    keypoints = torch.tensor([a["keypoints"] for a in annotations], dtype=torch.float32)
-    instances.pred_keypoints = keypoints.view(len(annotations), -1, 3)
-    return {"instances": instances}
-
-
 def test_ground_truth_scores_100_on_boxes_masks_and_keypoints(tmp_path):
     register_project_datasets()
     scene_set_dir(FMNIST_SCENES_VAL)
@@ -150,7 +134,7 @@ def test_ground_truth_scores_100_on_boxes_masks_and_keypoints(tmp_path):
     )
     evaluator.reset()
     for record in DatasetCatalog.get(FMNIST_SCENES_VAL):
-        evaluator.process([{"image_id": record["image_id"]}], [as_predictions(record)])
+        evaluator.process([{"image_id": record["image_id"]}], [ground_truth_as_predictions(record)])
     results = evaluator.evaluate()
     for task in ("bbox", "segm", "keypoints"):
         assert results[task]["AP"] == pytest.approx(100.0), task

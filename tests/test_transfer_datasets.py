@@ -4,7 +4,6 @@ evaluators the transfer runs use, so a wrong box/keypoint convention cannot hide
 import json
 
 import pytest
-import torch
 
 from transfer import fixtures
 from transfer.config import TransferError
@@ -19,21 +18,9 @@ from transfer.datasets import (
 from transfer.evaluation import FasterCOCOEvaluator
 
 from detectron2.data import DatasetCatalog  # isort: skip  (after transfer: _C fallback)
+from ground_truth import ground_truth_as_predictions  # isort: skip
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator  # isort: skip
-from detectron2.structures import BoxMode, Boxes, Instances  # isort: skip
-
-
-def ground_truth_as_predictions(record):
-    annotations = record["annotations"]
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annotations]
-    instances = Instances((record["height"], record["width"]))
-    instances.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
-    instances.scores = torch.ones(len(annotations))
-    instances.pred_classes = torch.tensor([a["category_id"] for a in annotations])
-    if "keypoints" in annotations[0]:
-        keypoints = torch.tensor([a["keypoints"] for a in annotations], dtype=torch.float32)
-        instances.pred_keypoints = keypoints.view(len(annotations), -1, 3)
-    return {"instances": instances}
+from detectron2.structures import BoxMode  # isort: skip
 
 
 def evaluate_ground_truth(evaluator, dataset_name):
