@@ -31,6 +31,16 @@ def as_nobody(home, cache, command):
     empty = home / "empty"
     empty.mkdir(exist_ok=True)
     hide = f"mount --bind {empty} {SYSTEM_COPY} && " if SYSTEM_COPY.is_dir() else ""
+    # the checkout may be, or sit below, a root-only folder (`mktemp -d` makes mode 700 ones):
+    # nobody sees it through an overlay in its own home, whose root is world-readable; overlayfs
+    # reads the checkout with the mounter's (root's) rights, nothing on disk changes mode
+    checkout, upper, work = home / "checkout", home / "overlay-upper", home / "overlay-work"
+    for folder in (checkout, upper, work):
+        folder.mkdir(mode=0o755, exist_ok=True)
+    hide += (
+        f"mount -t overlay overlay -o lowerdir={REPO},upperdir={upper},workdir={work} "
+        f"{checkout} && "
+    )
     # this machine's venv was made from a Python under /root (mode 700): show nobody that Python
     # alone, as a user's own installation would be readable to them
     if sys.base_prefix.startswith("/root/"):
@@ -43,7 +53,7 @@ def as_nobody(home, cache, command):
     user = f"setpriv --reuid nobody --regid nogroup --clear-groups env HOME={home} TMPDIR={home}"
     user += f" RINGNCE_CACHE={cache} PATH={os.environ['PATH']} OMP_NUM_THREADS=1"
     return subprocess.run(
-        ["unshare", "--mount", "sh", "-c", f"{hide}cd {REPO} && {user} sh -c '{command}'"],
+        ["unshare", "--mount", "sh", "-c", f"{hide}cd {checkout} && {user} sh -c '{command}'"],
         capture_output=True,
         text=True,
         timeout=900,
