@@ -240,6 +240,7 @@ def submit_held_pretraining(cluster, monkeypatch, overrides, output):
     return job
 
 
+@pytest.mark.long
 def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster, monkeypatch):
     config, overrides = pretrain_config(cluster), [*PRETRAIN_OVERRIDES, "optim.epochs=3"]
     output = cluster / "pretrain_slurm"
@@ -259,6 +260,7 @@ def test_preempted_pretraining_resumes_to_the_uninterrupted_result(cluster, monk
     assert "resumed from" in Path(job.paths.stdout).read_text()
 
 
+@pytest.mark.long
 def test_watch_evaluates_each_checkpoint_of_a_running_pretraining_once(cluster, monkeypatch):
     output, sweep_dir = cluster / "watched", cluster / "watch_sweep"
     job = submit_held_pretraining(
@@ -397,6 +399,7 @@ def test_same_sweep_runs_without_slurm_with_cluster_local(cluster):
     assert "| ring |" in result.stdout and "1/1 runs finished" in result.stdout
 
 
+@pytest.mark.long
 def test_fast_demo_runs_its_transfer_as_one_slurm_job_array(cluster):
     run_dir = cluster / "demo"
     env = {**os.environ, "DEMO_FAST": "1", "DEMO_DIR": str(run_dir), "DEMO_CLUSTER": "slurm"}

@@ -55,7 +55,7 @@ from launcher.executors import Resources, make_executor, map_array, unique_log_f
 from launcher.retry import read_attempts
 from launcher.sweep import Run, load_sweep, submit_sweep
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRANSFER = REPO / "configs" / "transfer" / "tiny_mask_rcnn_R50_FPN.yaml"
