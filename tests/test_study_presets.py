@@ -59,7 +59,7 @@ def test_demo_budgets_are_read_from_configs_demo():
     fast = selected_budget({"DEMO_FAST": "1"})
     full = selected_budget({})
     assert isinstance(fast, Budget) and fast.epochs == 1 and fast.scenes_iters == 4
-    assert full.train_images == 15000 and full.scenes_iters == 150
+    assert full.train_images == 12000 and full.scenes_iters == 150
     assert selected_budget({"DEMO_BUDGET": str(REPO / "configs/demo/fast.yaml")}) == fast
 
 
