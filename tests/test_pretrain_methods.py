@@ -173,3 +173,77 @@ def test_moco_bn_groups_must_be_positive(tiny_config):
     tiny_config["moco"] = {"queue_size": 64, "shuffle_bn_splits": 0}
     with pytest.raises(PretrainError, match="^moco.shuffle_bn_splits must be null or >= 1, got 0"):
         METHODS["moco"].check_config(as_config(tiny_config), 64)
+
+
+def test_moco_bn_groups_come_from_the_config_else_one_per_rank_under_ddp(tiny_config, monkeypatch):
+    """An explicit ``shuffle_bn_splits`` wins, 1 is a valid count (no split), and without one a
+    DDP rank keeps its keys in one group: the shuffle across ranks already separates them."""
+    for splits in (1, 2, 3):
+        tiny_config["moco"] = {"queue_size": 64, "shuffle_bn_splits": splits}
+        config = as_config(tiny_config)
+        METHODS["moco"].check_config(config, 64)  # accepted at the bound
+        assert METHODS["moco"](config, 40).key_bn_groups() == splits
+    tiny_config["moco"] = {"queue_size": 64}
+    moco = METHODS["moco"](as_config(tiny_config), 40)
+    monkeypatch.setattr("pretrain.methods.moco.is_distributed", lambda: True)
+    assert moco.key_bn_groups() == 1
+
+
+def supervised_method(tiny_config, labels, num_classes):
+    config = as_config({**tiny_config, "method": "supervised"})
+    return build_method(config, len(labels), 3, "synthetic", torch.as_tensor(labels), num_classes)
+
+
+def test_supervised_loss_is_the_cross_entropy_of_its_classifier_on_the_batch_labels(tiny_config):
+    torch.manual_seed(0)
+    labels = torch.tensor([2, 0, 1, 4, 3, 1])
+    method = supervised_method(tiny_config, labels, num_classes=5)
+    assert method.classifier.out_features == 5
+    assert method.encoders() == {"encoder": method.encoder}
+    assert method.negative_pool() == (0, "negatives (supervised has none)", 0)
+    assert "labels" not in method.state_dict()  # rebuilt from the data on resume
+    images, indices = torch.randn(4, 3, 16, 16), torch.tensor([5, 0, 3, 1])
+    loss, logs = method([images], indices, sampler=None)
+    logits = method.classifier(method.encoder(images))
+    targets = labels[indices]
+    torch.testing.assert_close(loss, nn.functional.cross_entropy(logits, targets))
+    accuracy = (logits.argmax(dim=1) == targets).float().mean()
+    torch.testing.assert_close(logs["train_accuracy"], accuracy)
+    assert logs["monitor"] == [] and set(logs) == {"train_accuracy", "monitor"}
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (
+            [0, 1, -1, 2, -1],
+            r"^method supervised needs a label for every training image but 2 have none "
+            r"\(STL-10's unlabeled split\); set data.stl_unlabeled=false$",
+        ),
+        ([0, 1, 2, 1], "^method supervised got 4 labels for 5 images"),
+    ],
+)
+def test_supervised_refuses_labels_that_do_not_fit_its_images(tiny_config, labels, message):
+    config = as_config({**tiny_config, "method": "supervised"})
+    with pytest.raises(PretrainError, match=message):
+        build_method(config, 5, 3, "synthetic", torch.as_tensor(labels), 3)
+
+
+def test_supervised_accepts_only_the_uniform_sampler(tiny_config):
+    METHODS["supervised"].check_config(as_config({**tiny_config, "method": "supervised"}), 4)
+    config = as_config({**tiny_config, "method": "supervised", "sampler": {"name": "ring"}})
+    message = (
+        "^method supervised uses no negatives, so sampler.name=ring does nothing; leave "
+        "sampler.name at uniform$"
+    )
+    with pytest.raises(PretrainError, match=message):
+        METHODS["supervised"].check_config(config, 4)
+
+
+def test_supervised_indexes_its_labels_as_int64_whatever_dtype_they_come_in(tiny_config):
+    """Labels read from uint8 or int32 files must still index cross-entropy's int64 targets."""
+    for dtype in (torch.uint8, torch.int32):
+        method = supervised_method(tiny_config, torch.tensor([1, 0, 2], dtype=dtype), 3)
+        assert method.labels.dtype == torch.long
+        loss, _ = method([torch.randn(2, 3, 16, 16)], torch.tensor([2, 0]), sampler=None)
+        assert torch.isfinite(loss)
