@@ -36,9 +36,10 @@ bench: setup
 	$(PY) -m benchmarks.train_throughput --preset cpu
 
 # Mutation testing of the estimators (issue 23; docs/mutation.md): mutmut over pretrain/losses.py,
-# pools.py, samplers.py, monitor.py and methods/ against their fast tests ([tool.mutmut] in
-# pyproject.toml). mutmut is installed on first use into $(MUTMUT_DIR) with pip --target, never
-# into the venv. Long (see docs/mutation.md for its run time), so not part of `make test`.
+# pools.py, ranking.py, samplers.py, monitor.py and methods/ against their fast tests
+# ([tool.mutmut] in pyproject.toml). mutmut is installed on first use into $(MUTMUT_DIR) with
+# pip --target, never into the venv. Long (see docs/mutation.md for its run time), so not part
+# of `make test`.
 MUTMUT_DIR ?= .cache/mutmut
 MUTMUT_VERSION := 3.8.1
 mutation: setup

@@ -10,12 +10,16 @@ false-negative monitor).
 - ``BankPool``: IR/CMC's memory bank, possibly ImageNet-sized. Its usual negatives are K draws
   per anchor; ranking the whole bank is done in row chunks under a memory budget, so the B x N
   similarity matrix never exists at once (peak: ``rows * N * 4`` bytes for one chunk's
-  similarities plus ``rows * stop * 12`` for its top-``stop``, ``rows`` chosen to fit).
+  similarities plus ``rows * stop * 12`` for its top-``stop``, ``rows`` chosen to fit; on the
+  CPU add each ranking thread's index scratch, ``max(1 MiB, N * 8)`` bytes: see
+  ``pretrain/ranking.py``).
 """
 
 from dataclasses import dataclass
 
 import torch
+
+from pretrain.ranking import rank_slice
 
 
 @dataclass
@@ -164,18 +168,3 @@ class BankPool:
     def candidate_ids(self, columns):
         # a bank row is the dataset index of its image
         return columns.columns() if isinstance(columns, RingDraws) else columns
-
-
-def rank_slice(similarity, start, stop, by_column=True):
-    """(B, stop - start) columns whose rank (0 = most similar) is in ``[start, stop)``.
-
-    One unsorted top-``stop`` per row and a smaller selection inside it: never a full sort.
-    Ties at a boundary take consecutive ranks in any order (tied values are equal logits).
-    ``by_column``: listed by column, so that a draw of positions names the same member whatever
-    topk's order (the ring used once needs no order: its loss is a sum, and skipping the sort
-    saves a B x R sort per step).
-    """
-    top = similarity.topk(stop, dim=1, sorted=False)
-    inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
-    columns = top.indices.gather(1, inner)
-    return columns.sort(dim=1).values if by_column else columns

@@ -1,0 +1,149 @@
+"""Ring membership by rank on both routes (torch's topk, used on GPUs, and numpy's
+argpartition, used on the CPU), against a full argsort; the CPU route's blocks and threads."""
+
+import pytest
+import torch
+
+import pretrain.ranking as ranking
+from pretrain.ranking import ROUTES, rank_slice
+from pretrain.samplers import ring_rank_range
+
+from ring_reference import ring_by_argsort  # isort: skip
+
+
+def ranks_of(similarity):
+    """Rank of each entry in its row, 0 = most similar (distinct values only)."""
+    order = similarity.argsort(dim=1, descending=True)
+    return torch.empty_like(order).scatter_(
+        1, order, torch.arange(similarity.shape[1]).expand_as(order)
+    )
+
+
+def kept_mask(columns, num_candidates):
+    return torch.zeros(columns.shape[0], num_candidates, dtype=torch.bool).scatter_(
+        1, columns, True
+    )
+
+
+def by_route(route, similarity, start, stop):
+    """Sorted member lists of one route."""
+    return ROUTES[route](similarity, start, stop).sort(dim=1).values.tolist()
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("lower, upper", [(0.01, 0.1), (0.0, 0.5), (0.2, 0.3), (0.05, 1.0)])
+def test_ring_keeps_exactly_the_rank_fractions(route, lower, upper):
+    torch.manual_seed(0)
+    similarity = torch.randn(7, 40)
+    rank_fraction = ranks_of(similarity).double() / 40
+    expected = (rank_fraction >= lower) & (rank_fraction < upper)
+    columns = ROUTES[route](similarity, *ring_rank_range(40, lower, upper))
+    assert columns.shape[1] == expected[0].sum()  # no column twice
+    assert torch.equal(kept_mask(columns, 40), expected)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "size, start, stop",
+    [(600, 12, 120), (600, 0, 600), (600, 599, 600), (600, 0, 1), (1, 0, 1), (6554, 65, 655)],
+)
+def test_both_routes_give_the_argsort_members(route, size, start, stop):
+    torch.manual_seed(size + start)
+    similarity = torch.randn(5, size)
+    assert by_route(route, similarity, start, stop) == ring_by_argsort(similarity, start, stop)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_ties_at_a_boundary_keep_the_values_of_the_sorted_ranks(route):
+    # ranks 1..3 asked for; the value 3 sits at ranks 2, 3 and 4: two of the three enter
+    similarity = torch.tensor([[5.0, 4.0, 3.0, 3.0, 3.0, 2.0, 1.0, 0.0, -1.0, -2.0]])
+    kept = similarity.gather(1, ROUTES[route](similarity, 1, 4))
+    assert sorted(kept[0].tolist()) == [3.0, 3.0, 4.0]
+    # the top value tied twice: rank 1 is the second 9
+    tied_top = torch.tensor([[9.0, 9.0, 1.0, 0.0]])
+    kept = tied_top.gather(1, ROUTES[route](tied_top, 1, 3))
+    assert sorted(kept[0].tolist()) == [1.0, 9.0]
+
+
+def test_the_ring_used_once_is_the_same_members_unordered():
+    torch.manual_seed(3)
+    similarity = torch.randn(4, 600)
+    unordered = rank_slice(similarity, 12, 120, by_column=False)
+    assert [sorted(row) for row in unordered.tolist()] == ring_by_argsort(similarity, 12, 120)
+    assert rank_slice(similarity, 12, 120).tolist() == ring_by_argsort(similarity, 12, 120)
+
+
+def test_the_cpu_ranks_by_partition_other_devices_by_topk(monkeypatch):
+    called = []
+
+    def recording(route, function):
+        def spy(*args):
+            called.append(route)
+            return function(*args)
+
+        return spy
+
+    for route, function in dict(ROUTES).items():
+        monkeypatch.setitem(ROUTES, route, recording(route, function))
+    rank_slice(torch.randn(3, 50), 5, 20)
+    members = rank_slice(torch.empty(3, 50, device="meta"), 5, 20)  # no data: a stand-in GPU
+    assert called == ["partition", "topk"] and members.shape == (3, 15)
+
+
+def test_blocks_over_threads_give_the_single_block_answer(monkeypatch):
+    """One row a block, two threads: the same members as one block on one thread."""
+    torch.manual_seed(4)
+    similarity = torch.randn(9, 300)
+    expected = ring_by_argsort(similarity, 3, 30)
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert by_route("partition", similarity, 3, 30) == expected
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_a_block_that_fails_raises_in_the_caller(monkeypatch):
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    original = ranking._partition_block
+
+    def failing(scores, start, stop):
+        if scores[0, 0] == 7.0:
+            raise ValueError("block 3 failed")
+        return original(scores, start, stop)
+
+    monkeypatch.setattr(ranking, "_partition_block", failing)
+    similarity = torch.randn(6, 300)
+    similarity[3, 0] = 7.0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="block 3 failed"):
+            ranking.partition_rank_slice(similarity, 3, 30)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_the_cpu_route_ranks_other_float_types_by_their_own_values(dtype):
+    """numpy has no bfloat16: the route widens, which keeps every order and tie."""
+    torch.manual_seed(5)
+    similarity = torch.randn(4, 500).to(dtype)
+    members = ROUTES["partition"](similarity, 10, 60)
+    assert members.dtype == torch.long
+    assert sorted_values(similarity, members) == sorted_values(
+        similarity, torch.tensor(ring_by_argsort(similarity.double(), 10, 60))
+    )
+
+
+def sorted_values(similarity, columns):
+    """Tied values may swap columns at a boundary; the values they bring may not change."""
+    return similarity.gather(1, columns).double().sort(dim=1).values.tolist()
+
+
+def test_a_strided_similarity_is_ranked_as_its_copy():
+    torch.manual_seed(6)
+    similarity = torch.randn(300, 7).T  # (7, 300), column-major
+    assert not similarity.is_contiguous()
+    assert by_route("partition", similarity, 3, 30) == ring_by_argsort(similarity, 3, 30)
