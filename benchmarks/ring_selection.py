@@ -17,13 +17,15 @@ Shapes:
   ``ring`` (the authors' NCERing) ranks each anchor against the whole bank in row chunks
   (``sampler.rank_chunk_mb``, default 256 MiB) and draws K from its ring; ``full_sort`` sorts,
   slices and makes the same draws.
+- On the CPU, every shape adds ``ring_topk``: the same ring ranked by torch's ``topk``, the
+  route GPUs take, instead of numpy's ``argpartition`` (``pretrain/ranking.py``).
 
 Every variant is timed from the embeddings to the loss (forward, with autograd recording, and
 forward+backward), through the project's own ``pretrain.samplers`` / ``pretrain.pools`` code.
-Before timing, ``ring`` must equal ``full_sort`` (same loss and gradient), and ``ring_equal`` a
-full-sort reference with the same draws, or the run stops. Repetitions are interleaved;
-medians, ratios and the peak resident memory each variant added (a sampling thread over /proc,
-CPU only) come from one run.
+Before timing, ``ring`` and ``ring_topk`` must equal ``full_sort`` (same loss and gradient), and
+``ring_equal`` a full-sort reference with the same draws, or the run stops. Repetitions are
+interleaved; medians, ratios and the peak resident memory each variant added (a sampling thread
+over /proc, CPU only) come from one run.
 """
 
 import argparse
@@ -46,6 +48,7 @@ from benchmarks.timing import (
 from pretrain.errors import PretrainError, one_line_errors
 from pretrain.losses import info_nce
 from pretrain.pools import BankPool, DensePool
+from pretrain.ranking import ROUTES
 from pretrain.samplers import NegativeSampler, ring_rank_range
 
 TARGET_RING_OVER_UNIFORM = 1.15  # issues 12 and 25, MoCo shape, forward, the authors' ring
@@ -153,13 +156,30 @@ def selection_only_loss(shape, lower, upper):
     return loss
 
 
-def variants(shape, options):
+def on_the_topk_route(loss):
+    """``loss`` with the CPU's ranking sent through torch's ``topk``, the route GPUs take
+    (``pretrain/ranking.py``): what the CPU paid before numpy's ``argpartition``."""
+
+    def routed(*inputs):
+        partition = ROUTES["partition"]
+        ROUTES["partition"] = ROUTES["topk"]
+        try:
+            return loss(*inputs)
+        finally:
+            ROUTES["partition"] = partition
+
+    return routed
+
+
+def variants(shape, options, device):
     """The timed variants and the untimed references they are checked against."""
     ring = NegativeSampler("ring", **options)
     found = {
         "uniform": sampler_loss(shape, NegativeSampler("uniform")),
         "ring": sampler_loss(shape, ring),
     }
+    if device.type == "cpu":
+        found["ring_topk"] = on_the_topk_route(found["ring"])
     if not shape.bank:
         found["ring_equal"] = sampler_loss(
             shape, NegativeSampler("ring", num_negatives="equal", **options)
@@ -174,7 +194,7 @@ def variants(shape, options):
 def references(shape, options):
     """``{variant: reference}`` pairs that must agree before anything is timed."""
     ring = NegativeSampler("ring", **options)
-    pairs = {"ring": "full_sort"}
+    pairs = {"ring": "full_sort", "ring_topk": "full_sort"}
     extra = {}
     if not shape.bank:
         pairs["ring_equal"] = "full_sort_equal"
@@ -260,7 +280,7 @@ def step(fn, inputs, backward):
 
 def measure_shape(shape, device, options, repeats):
     inputs = make_inputs(shape, device)
-    functions = variants(shape, options)
+    functions = variants(shape, options, device)
     agreement = check_agreement(shape, functions, inputs, options)
     rows = []
     for backward in (False, True):
@@ -334,6 +354,12 @@ def print_table(rows):
                 f"{(row['selection_s'] - uniform) / uniform:.2f}), the authors' ring (used once) "
                 f"{row['ring_s'] / uniform:.2f}, the equal-count control "
                 f"{row['ring_equal_s'] / uniform:.2f}"
+            )
+        if "ring_topk_s" in row:
+            print(
+                f"{row['device']} {row['shape']} {row['pass']}: the ring ranked by argpartition "
+                f"{row['ring_s']:.4f} s, by torch's topk (the GPU route) "
+                f"{row['ring_topk_s']:.4f} s: x{row['ring_topk_s'] / row['ring_s']:.2f}"
             )
         if row["bank"] and row["pass"] == "forward":
             print(

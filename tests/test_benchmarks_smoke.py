@@ -35,13 +35,15 @@ def test_ring_selection_smoke_agrees_and_reports_every_case(tmp_path, capsys):
         assert row["loss_max_diff"] <= 1e-4  # ring == the full-sort reference
         assert row["loss_ring"] != pytest.approx(row["loss_uniform"])  # the ring really selects
         assert row["uniform_s"] > 0 and row["ring_s"] > 0 and row["full_sort_s"] > 0
-    assert "ring/uniform" in capsys.readouterr().out
+        assert row["ring_topk_s"] > 0  # the GPU's route, timed on the CPU too
+    printed = capsys.readouterr().out
+    assert "ring/uniform" in printed and "by torch's topk (the GPU route)" in printed
 
 
 def test_ring_selection_check_catches_a_loss_that_differs_from_the_reference():
     script = load_script("ring_selection")
     shape = script.SHAPES["smoke"]["moco"]
-    functions = script.variants(shape, {"upper": 0.1, "lower_ratio": 0.1})
+    functions = script.variants(shape, {"upper": 0.1, "lower_ratio": 0.1}, torch.device("cpu"))
     functions["ring"] = functions["uniform"]  # a "ring" that keeps every negative
     inputs = script.make_inputs(shape, torch.device("cpu"))
     with pytest.raises(PretrainError, match="ring and full_sort disagree"):

@@ -1,6 +1,8 @@
 """Ring membership by rank on both routes (torch's topk, used on GPUs, and numpy's
 argpartition, used on the CPU), against a full argsort; the CPU route's blocks and threads."""
 
+import threading
+
 import pytest
 import torch
 
@@ -96,16 +98,49 @@ def test_blocks_over_threads_give_the_single_block_answer(monkeypatch):
     similarity = torch.randn(9, 300)
     expected = ring_by_argsort(similarity, 3, 30)
     monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", 300)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
+    threads = set()
+    original = ranking._partition_block
+
+    def recording(scores, start, stop):
+        threads.add(threading.current_thread().name)
+        return original(scores, start, stop)
+
+    monkeypatch.setattr(ranking, "_partition_block", recording)
     try:
         assert by_route("partition", similarity, 3, 30) == expected
     finally:
         torch.set_num_threads(previous)
+    assert threads and all(name.startswith("ring-rank") for name in threads)
+    alive = [thread.name for thread in threading.enumerate()]
+    assert not [name for name in alive if name.startswith("ring-rank")]  # gone with the call
+
+
+def test_small_work_stays_on_the_calling_thread(monkeypatch):
+    """Under ENTRIES_PER_WORKER entries a thread costs more than it saves."""
+    threads = set()
+    original = ranking._partition_block
+
+    def recording(scores, start, stop):
+        threads.add(threading.current_thread().name)
+        return original(scores, start, stop)
+
+    monkeypatch.setattr(ranking, "_partition_block", recording)
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ranking.partition_rank_slice(torch.randn(9, 300), 3, 30)
+    finally:
+        torch.set_num_threads(previous)
+    assert threads == {threading.current_thread().name}
 
 
 def test_a_block_that_fails_raises_in_the_caller(monkeypatch):
     monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", 300)
     original = ranking._partition_block
 
     def failing(scores, start, stop):
