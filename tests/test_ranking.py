@@ -92,53 +92,73 @@ def test_the_cpu_ranks_by_partition_other_devices_by_topk(monkeypatch):
     assert called == ["partition", "topk"] and members.shape == (3, 15)
 
 
-def test_blocks_over_threads_give_the_single_block_answer(monkeypatch):
-    """One row a block, two threads: the same members as one block on one thread."""
-    torch.manual_seed(4)
-    similarity = torch.randn(9, 300)
-    expected = ring_by_argsort(similarity, 3, 30)
-    monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
-    monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", 300)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    threads = set()
+@pytest.fixture
+def blocks_seen(monkeypatch):
+    """(thread name, rows) of every block the CPU route ranks."""
+    seen = []
     original = ranking._partition_block
 
     def recording(scores, start, stop):
-        threads.add(threading.current_thread().name)
+        seen.append((threading.current_thread().name, scores.shape[0]))
         return original(scores, start, stop)
 
     monkeypatch.setattr(ranking, "_partition_block", recording)
-    try:
-        assert by_route("partition", similarity, 3, 30) == expected
-    finally:
-        torch.set_num_threads(previous)
-    assert threads and all(name.startswith("ring-rank") for name in threads)
+    return seen
+
+
+@pytest.fixture
+def torch_threads():
+    """Set torch's intra-op thread count for one test."""
+    previous = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(previous)
+
+
+def test_blocks_fit_the_index_scratch_budget(monkeypatch, blocks_seen):
+    """rows per block = BLOCK_BYTES // (8 P): argpartition's int64 indices stay within it."""
+    torch.manual_seed(7)
+    similarity = torch.randn(9, 300)
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 2 * 8 * 300)  # exactly two rows
+    assert by_route("partition", similarity, 3, 30) == ring_by_argsort(similarity, 3, 30)
+    assert [rows for _, rows in blocks_seen] == [2, 2, 2, 2, 1]
+    blocks_seen.clear()
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 1)  # not even one row: one row a block
+    assert by_route("partition", similarity, 3, 30) == ring_by_argsort(similarity, 3, 30)
+    assert [rows for _, rows in blocks_seen] == [1] * 9
+
+
+def test_blocks_over_threads_give_the_single_block_answer(monkeypatch, blocks_seen, torch_threads):
+    """One row a block on at most torch's two threads: the one-block, one-thread members."""
+    torch.manual_seed(4)
+    similarity = torch.randn(9, 300)
+    monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
+    monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", 300)
+    torch_threads(2)
+    assert by_route("partition", similarity, 3, 30) == ring_by_argsort(similarity, 3, 30)
+    threads = {name for name, _ in blocks_seen}
+    assert len(blocks_seen) == 9 and 1 <= len(threads) <= 2
+    assert all(name.startswith("ring-rank") for name in threads)
     alive = [thread.name for thread in threading.enumerate()]
     assert not [name for name in alive if name.startswith("ring-rank")]  # gone with the call
 
 
-def test_small_work_stays_on_the_calling_thread(monkeypatch):
-    """Under ENTRIES_PER_WORKER entries a thread costs more than it saves."""
-    threads = set()
-    original = ranking._partition_block
-
-    def recording(scores, start, stop):
-        threads.add(threading.current_thread().name)
-        return original(scores, start, stop)
-
-    monkeypatch.setattr(ranking, "_partition_block", recording)
+@pytest.mark.parametrize(
+    "threads, entries_per_worker",
+    [(2, 1500), (1, 1)],  # 2,700 entries: under two workers' worth; one torch thread
+)
+def test_little_work_or_one_thread_stays_on_the_calling_thread(
+    monkeypatch, blocks_seen, torch_threads, threads, entries_per_worker
+):
+    """Under 2 x ENTRIES_PER_WORKER entries a second thread costs more than it saves; and
+    never more threads than torch's."""
     monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ranking.partition_rank_slice(torch.randn(9, 300), 3, 30)
-    finally:
-        torch.set_num_threads(previous)
-    assert threads == {threading.current_thread().name}
+    monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", entries_per_worker)
+    torch_threads(threads)
+    ranking.partition_rank_slice(torch.randn(9, 300), 3, 30)
+    assert {name for name, _ in blocks_seen} == {threading.current_thread().name}
 
 
-def test_a_block_that_fails_raises_in_the_caller(monkeypatch):
+def test_a_block_that_fails_raises_in_the_caller(monkeypatch, torch_threads):
     monkeypatch.setattr(ranking, "BLOCK_BYTES", 8 * 300)
     monkeypatch.setattr(ranking, "ENTRIES_PER_WORKER", 300)
     original = ranking._partition_block
@@ -151,13 +171,9 @@ def test_a_block_that_fails_raises_in_the_caller(monkeypatch):
     monkeypatch.setattr(ranking, "_partition_block", failing)
     similarity = torch.randn(6, 300)
     similarity[3, 0] = 7.0
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError, match="block 3 failed"):
-            ranking.partition_rank_slice(similarity, 3, 30)
-    finally:
-        torch.set_num_threads(previous)
+    torch_threads(2)
+    with pytest.raises(ValueError, match="block 3 failed"):
+        ranking.partition_rank_slice(similarity, 3, 30)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
