@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 # argpartition's int64 index array for one block of rows; 1 MiB (two of MoCo's 65,536-entry
-# rows) stays in cache: 95-105 ms for MoCo's ring on one thread, 130 ms with 4 MiB blocks
+# rows) stays in cache: 95-110 ms for MoCo's ring on one thread with 0.5-2 MiB blocks,
+# 113-134 ms with 4-32 MiB (docs/benchmarks.md)
 BLOCK_BYTES = 2**20
 # below ~6 ms of selection a second thread no longer pays for itself (2 threads at 256 x 4,096:
 # 6.3 ms against 7.8 ms on one)
@@ -43,12 +44,14 @@ def rank_slice(similarity, start, stop, by_column=True):
 
 
 def topk_rank_slice(similarity, start, stop):
+    """The GPU route: the columns of ranks ``[start, stop)`` in any order."""
     top = similarity.topk(stop, dim=1, sorted=False)
     inner = top.values.topk(stop - start, dim=1, largest=False, sorted=False).indices
     return top.indices.gather(1, inner)
 
 
 def partition_rank_slice(similarity, start, stop):
+    """The CPU route: the columns of ranks ``[start, stop)`` in any order."""
     # numpy has no bfloat16; widening is exact and keeps every order and tie
     if similarity.dtype not in (torch.float32, torch.float64):
         similarity = similarity.float()
@@ -90,5 +93,5 @@ def _map(function, blocks, entries):
         list(pool.map(function, blocks))  # list(): a block's error is raised here
 
 
-# both are tested on the CPU against a full stable argsort (tests/test_pretrain_samplers.py)
+# both are tested on the CPU against a full stable argsort (tests/test_ranking.py)
 ROUTES = {"topk": topk_rank_slice, "partition": partition_rank_slice}
