@@ -7,14 +7,14 @@ are equal logits, so the loss is the same.
 
 - **CUDA** (any device but the CPU): torch's ``topk``, one unsorted top-``stop`` per row and
   a bottom-``(stop - start)`` inside it. On a GPU these take a few hundred microseconds.
-- **CPU**: numpy's ``argpartition`` (introselect, SIMD-vectorised where numpy has a kernel for
-  the CPU: AVX2 and AVX-512 on x86), run in the same two steps. torch's CPU ``topk`` copies
-  every (value, index) pair of a row before selecting, about 16 ns an entry against about 6 ns
-  (MoCo's 256 x 65,536, one thread: 315 ms against 123 ms; ``benchmarks/ring_selection.py``,
-  ``docs/benchmarks.md``). Rows go in blocks, so each worker's int64 index scratch stays
-  within ``BLOCK_BYTES``. The blocks are spread over as many threads as torch's intra-op pool
-  has: numpy releases the GIL while it selects. Otherwise a many-core CPU, where torch
-  parallelises ``topk`` over rows, would lose to one core.
+- **CPU**: numpy's ``argpartition`` (introselect, SIMD-vectorised where numpy has a kernel for the
+  CPU: AVX2 and AVX-512 on x86), run in the same two steps. torch's CPU ``topk`` copies every
+  (value, index) pair of a row before selecting, about 16 ns an entry against about 6 ns (MoCo's
+  256 x 65,536, one thread: 306-336 ms against 95-110 ms; ``benchmarks/ring_selection.py``,
+  ``docs/benchmarks.md``). Rows go in blocks, so each worker's int64 index scratch stays within
+  ``BLOCK_BYTES``. The blocks are spread over as many threads as torch's intra-op pool has: numpy
+  releases the GIL while it selects. Otherwise a many-core CPU, where torch parallelises ``topk``
+  over rows, would lose to one core.
 """
 
 from concurrent.futures import ThreadPoolExecutor

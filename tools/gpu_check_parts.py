@@ -146,8 +146,8 @@ class LossDtypes(TorchDispatchMode):
     """Under autocast, what the loss is made of must stay float32: the similarity logits
     against the queue (a product whose last dimension is the queue's length), the ring's ranks
     (every ``topk``'s input; on a GPU, where the ring is ranked by ``topk``) and the loss's
-    ``logsumexp``. The encoders may run in bf16. A
-    wrong cast path shows here even where it moves the loss by less than bf16's noise."""
+    ``logsumexp``. The encoders may run in bf16. A wrong cast path shows here even where it
+    moves the loss by less than bf16's noise."""
 
     def __init__(self, queue_size):
         super().__init__()
